@@ -88,7 +88,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if c.log == nil {
 		c.log = slog.Default()
 	}
-	binDir, err := resolveBinDir(opts.BinDir)
+	binDir, err := ResolveBinDir(opts.BinDir)
 	if err != nil {
 		return nil, err
 	}

@@ -97,8 +97,9 @@ func (c *Cluster) Namespace(tb testing.TB, labels map[string]string) string {
 	return ns.Name
 }
 
-// resolveBinDir finds the directory with the control plane binaries.
-func resolveBinDir(dir string) (string, error) {
+// ResolveBinDir returns the directory with the control plane binaries: dir if set, else
+// $AMBIENT_LITE_BIN_DIR, else the repository's .bin. It wraps [ErrNoBinaries] when one is missing.
+func ResolveBinDir(dir string) (string, error) {
 	if dir == "" {
 		dir = os.Getenv(EnvBinDir)
 	}

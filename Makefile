@@ -1,0 +1,93 @@
+# Ambient Lite. `make demo` runs the mesh on a local cluster; `make test` runs every test.
+# Both install what they need first (make setup). See README.md.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := build
+
+include tools/versions.env
+
+GO ?= go
+# Links to the pinned tools (the binaries are cached in $TOOLS_CACHE, see tools/build.sh).
+BIN := $(CURDIR)/.bin
+OUT := $(CURDIR)/out
+export AMBIENT_LITE_BIN_DIR := $(BIN)
+export PATH := $(BIN):$(PATH)
+# Where `make cluster-up` keeps the control plane's state, logs and kubeconfig.
+CLUSTER_DIR ?= $(or $(TMPDIR),/tmp)/ambient-lite-cluster
+# Packages under test; override to narrow: make test PKGS=./tests/cluster/...
+PKGS ?= ./...
+TEST_TIMEOUT ?= 30m
+KUBE_TOOLS := etcd kube-apiserver kube-controller-manager kube-scheduler kubectl
+
+.PHONY: setup tools build generate generate-check lint test demo cluster-up cluster-down bench clean
+
+## setup: install system packages (apt) and build the pinned tools; idempotent
+setup:
+	tools/setup.sh
+
+## tools: build the pinned tools missing from the cache (no apt)
+tools:
+	tools/build.sh
+
+## build: compile every package and the commands into out/bin
+build:
+	$(GO) build ./...
+	$(GO) build -o $(OUT)/bin/ ./tests/cmd/...
+
+## generate: regenerate committed generated files (CRD copies, later bpf2go and protobuf)
+generate:
+	$(GO) generate ./...
+
+## generate-check: fail if `go generate` changes anything
+generate-check:
+	tools/generate-check.sh
+
+## lint: gofmt, go vet, staticcheck and the architecture (import rule) test
+lint:
+	tools/build.sh staticcheck >/dev/null
+	@unformatted=$$(gofmt -l .); \
+	  if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	staticcheck ./...
+	$(GO) test -count=1 ./tests/arch/
+
+## test: what CI runs: setup, lint, generated-code check, then every test
+test: setup
+	$(MAKE) --no-print-directory lint generate-check
+	gotestsum --format pkgname-and-test-fails --format-hide-empty-pkg -- -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
+
+## bench: run every benchmark (each prints its own baseline ratios)
+bench: setup
+	$(GO) test -run '^$$' -bench . -benchtime 1x $(PKGS)
+
+## cluster-up: start the local control plane and print `export KUBECONFIG=...`
+cluster-up:
+	tools/build.sh $(KUBE_TOOLS) >/dev/null
+	$(GO) build -o $(OUT)/bin/localcluster ./tests/cmd/localcluster
+	$(OUT)/bin/localcluster up --dir $(CLUSTER_DIR)
+
+## cluster-down: stop every process of the local control plane and remove its directory
+cluster-down:
+	$(GO) build -o $(OUT)/bin/localcluster ./tests/cmd/localcluster
+	$(OUT)/bin/localcluster down --dir $(CLUSTER_DIR)
+
+## demo: until the mesh runs end to end, start the local control plane and show how to use it
+demo: setup
+	@mkdir -p $(OUT)
+	@$(MAKE) --no-print-directory -s cluster-up > $(OUT)/demo.env
+	@cat $(OUT)/demo.env
+	@echo
+	@echo "The local control plane is up (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,"
+	@echo "with the Istio security and Gateway API CRDs). Reach it with:"
+	@echo
+	@echo "  source $(OUT)/demo.env && kubectl get ns,crd"
+	@echo
+	@echo "The pinned kubectl $(KUBERNETES_VERSION) is in $(BIN). Stop everything with: make cluster-down"
+
+## clean: remove build outputs (the tool cache stays; remove $TOOLS_CACHE to rebuild tools)
+clean:
+	rm -rf $(OUT) $(BIN)
+
+help:
+	@grep -E '^## ' Makefile | sed 's/^## //'
