@@ -59,9 +59,13 @@ type Cluster struct {
 	Client kubernetes.Interface
 	// Ready is how long Start took until every component was ready.
 	Ready time.Duration
+	// EtcdReady and APIServerReady are when, after Start began, etcd answered /health and
+	// the apiserver /readyz (of the last attempt, if ports had to be picked again).
+	EtcdReady, APIServerReady time.Duration
 
 	procs   []*process
 	ownsDir bool
+	started time.Time
 	log     *slog.Logger
 }
 
@@ -84,7 +88,7 @@ type ports struct{ etcdClient, etcdPeer, apiserver, controller, scheduler int }
 // controller manager and scheduler are healthy and the CRDs are established.
 func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	start := time.Now()
-	c := &Cluster{log: opts.Log}
+	c := &Cluster{log: opts.Log, started: start}
 	if c.log == nil {
 		c.log = slog.Default()
 	}
@@ -162,6 +166,7 @@ func (c *Cluster) startCore(ctx context.Context, binDir string, p *pki, pt ports
 	if err := waitHTTP(ctx, etcd, etcdURL+"/health", nil); err != nil {
 		return err
 	}
+	c.EtcdReady = time.Since(c.started)
 
 	apiURL := "https://127.0.0.1:" + strconv.Itoa(pt.apiserver)
 	api, err := c.start(binDir, apiserverName, detached,
@@ -200,41 +205,35 @@ func (c *Cluster) startCore(ctx context.Context, binDir string, p *pki, pt ports
 	if err != nil {
 		return fmt.Errorf("admin TLS config: %w", err)
 	}
-	return waitHTTP(ctx, api, apiURL+"/readyz", tlsCfg)
+	if err := waitHTTP(ctx, api, apiURL+"/readyz", tlsCfg); err != nil {
+		return err
+	}
+	c.APIServerReady = time.Since(c.started)
+	return nil
 }
 
 // startControllers starts the controller manager and scheduler, installs the CRDs
 // meanwhile, and waits for all of it.
 func (c *Cluster) startControllers(ctx context.Context, binDir string, p *pki, pt ports, cidr string, detached, skipCRDs bool) error {
-	apiURL := c.Config.Host
-	kcmConfig := filepath.Join(c.Dir, "kube-controller-manager.kubeconfig")
-	if err := writeKubeconfig(kcmConfig, apiURL, p, p.ControllerCert, p.ControllerKey, "system:kube-controller-manager"); err != nil {
+	kcmArgs, err := c.componentArgs(controllerName, p, p.ControllerCert, p.ControllerKey, pt.controller)
+	if err != nil {
 		return err
 	}
-	schedConfig := filepath.Join(c.Dir, "kube-scheduler.kubeconfig")
-	if err := writeKubeconfig(schedConfig, apiURL, p, p.SchedulerCert, p.SchedulerKey, "system:kube-scheduler"); err != nil {
-		return err
-	}
-	kcm, err := c.start(binDir, controllerName, detached,
-		"--kubeconfig="+kcmConfig, "--authentication-kubeconfig="+kcmConfig, "--authorization-kubeconfig="+kcmConfig,
-		"--bind-address=127.0.0.1", "--secure-port="+strconv.Itoa(pt.controller),
-		"--cert-dir="+filepath.Join(c.Dir, controllerName),
-		"--leader-elect=false",
+	kcm, err := c.start(binDir, controllerName, detached, append(kcmArgs,
 		"--use-service-account-credentials=true",
 		"--service-account-private-key-file="+p.SAPrivate,
 		"--root-ca-file="+p.CACert,
 		"--cluster-signing-cert-file="+p.CACert, "--cluster-signing-key-file="+p.CAKey,
 		"--service-cluster-ip-range="+cidr,
-	)
+	)...)
 	if err != nil {
 		return err
 	}
-	sched, err := c.start(binDir, schedulerName, detached,
-		"--kubeconfig="+schedConfig, "--authentication-kubeconfig="+schedConfig, "--authorization-kubeconfig="+schedConfig,
-		"--bind-address=127.0.0.1", "--secure-port="+strconv.Itoa(pt.scheduler),
-		"--cert-dir="+filepath.Join(c.Dir, schedulerName),
-		"--leader-elect=false",
-	)
+	schedArgs, err := c.componentArgs(schedulerName, p, p.SchedulerCert, p.SchedulerKey, pt.scheduler)
+	if err != nil {
+		return err
+	}
+	sched, err := c.start(binDir, schedulerName, detached, schedArgs...)
 	if err != nil {
 		return err
 	}
@@ -256,6 +255,23 @@ func (c *Cluster) startControllers(ctx context.Context, binDir string, p *pki, p
 		err = errors.Join(err, fmt.Errorf("installing CRDs: %w", cerr))
 	}
 	return err
+}
+
+// componentArgs writes a kubeconfig for a controller component with its own client
+// certificate (whose CN is the RBAC user Kubernetes binds its default roles to) and returns
+// the flags kube-controller-manager and kube-scheduler share: that identity for API access
+// and for delegated authentication and authorization of their /healthz port.
+func (c *Cluster) componentArgs(name string, p *pki, cert, key string, port int) ([]string, error) {
+	kubeconfig := filepath.Join(c.Dir, name+".kubeconfig")
+	if err := writeKubeconfig(kubeconfig, c.Config.Host, p, cert, key, "system:"+name); err != nil {
+		return nil, err
+	}
+	return []string{
+		"--kubeconfig=" + kubeconfig, "--authentication-kubeconfig=" + kubeconfig, "--authorization-kubeconfig=" + kubeconfig,
+		"--bind-address=127.0.0.1", "--secure-port=" + strconv.Itoa(port),
+		"--cert-dir=" + filepath.Join(c.Dir, name),
+		"--leader-elect=false",
+	}, nil
 }
 
 func (c *Cluster) start(binDir, name string, detached bool, args ...string) (*process, error) {

@@ -29,6 +29,8 @@ func TestUpDownLeavesNothing(t *testing.T) {
 		t.Fatalf("building localcluster: %v\n%s", err, out)
 	}
 	dir := filepath.Join(t.TempDir(), "cluster")
+	// The cluster's processes get a private TMPDIR, which must be empty again after down.
+	tmp := t.TempDir()
 
 	// A cluster that died without `down` (a reboot, kill -9) left its state behind.
 	dead := exec.Command("true")
@@ -47,7 +49,7 @@ func TestUpDownLeavesNothing(t *testing.T) {
 	run := func(args ...string) (stdout string, err error) {
 		t.Helper()
 		cmd := exec.Command(exe, append(args, "--dir", dir)...)
-		cmd.Env = append(os.Environ(), cluster.EnvBinDir+"="+binDir)
+		cmd.Env = append(os.Environ(), cluster.EnvBinDir+"="+binDir, "TMPDIR="+tmp)
 		var out, errOut bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &errOut
 		err = cmd.Run()
@@ -105,6 +107,9 @@ func TestUpDownLeavesNothing(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("cluster dir %s remains after down (stat err %v)", dir, err)
+	}
+	if left, err := os.ReadDir(tmp); err != nil || len(left) > 0 {
+		t.Errorf("temporary files remain after down: %v (err %v)", left, err)
 	}
 	if _, err := run("down"); err != nil {
 		t.Errorf("second down: %v, want success (down is idempotent)", err)
