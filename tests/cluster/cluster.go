@@ -120,23 +120,23 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	// Free ports are picked by binding :0; another process may grab one before our child binds
 	// it, so a start whose component dies at once is retried with new ports.
-	var pt ports
 	for attempt := 1; ; attempt++ {
-		if pt, err = freePorts(); err != nil {
+		pt, err := freePorts()
+		if err != nil {
 			return nil, err
 		}
 		err = c.startCore(ctx, binDir, p, pt, cidr, opts.Detached)
-		if err == nil || attempt == 3 || !errors.Is(err, errExitedEarly) || ctx.Err() != nil {
+		if err == nil {
+			err = c.startControllers(ctx, binDir, p, pt, cidr, opts.Detached, opts.SkipCRDs)
+		}
+		if err == nil {
 			break
+		}
+		if attempt == 3 || !errors.Is(err, errExitedEarly) || ctx.Err() != nil {
+			return nil, err
 		}
 		c.log.Warn("control plane component exited during start, retrying with new ports", "err", err)
 		c.stopProcs()
-	}
-	if err != nil {
-		return nil, err
-	}
-	if err := c.startControllers(ctx, binDir, p, pt, cidr, opts.Detached, opts.SkipCRDs); err != nil {
-		return nil, err
 	}
 	ok = true
 	c.Ready = time.Since(start)
