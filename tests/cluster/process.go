@@ -117,44 +117,38 @@ func logTail(path string, lines int) string {
 	return strings.Join(all, "\n")
 }
 
-// procStartTime returns the start time of pid in clock ticks since boot (field 22 of
-// /proc/<pid>/stat). Together with the pid it names a process unambiguously, so a stale
-// state file never makes `cluster-down` signal an unrelated process that reused the pid.
-func procStartTime(pid int) (uint64, error) {
+// procStat returns the state (field 3 of /proc/<pid>/stat: R, S, Z, …) and start time (field
+// 22, clock ticks since boot) of pid. The pid and start time together name a process
+// unambiguously, so a stale state file never makes `cluster-down` signal an unrelated
+// process that reused the pid.
+func procStat(pid int) (state string, start uint64, err error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, err
+		return "", 0, err
 	}
 	// The command name (field 2) may contain spaces and parentheses: parse after the last ')'.
 	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
-	}
-	fields := strings.Fields(s[i+1:])
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
 	const startTimeField = 22 - 3 // fields after ")" start at field 3
 	if len(fields) <= startTimeField {
-		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+		return "", 0, fmt.Errorf("malformed /proc/%d/stat", pid)
 	}
-	return strconv.ParseUint(fields[startTimeField], 10, 64)
+	start, err = strconv.ParseUint(fields[startTimeField], 10, 64)
+	return fields[0], start, err
+}
+
+func procStartTime(pid int) (uint64, error) {
+	_, start, err := procStat(pid)
+	return start, err
 }
 
 // killRecorded terminates the process recorded as (pid, start) if it still runs, waiting
 // up to grace before SIGKILL, and returns once it is gone.
 func killRecorded(pid int, start uint64, grace time.Duration) error {
 	alive := func() bool {
-		st, err := procStartTime(pid)
-		if err != nil || st != start {
-			return false
-		}
 		// A zombie (exited, not yet reaped by init) counts as gone.
-		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-		if err != nil {
-			return false
-		}
-		s := string(b)
-		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-		return len(fields) > 0 && fields[0] != "Z" && fields[0] != "X"
+		st, started, err := procStat(pid)
+		return err == nil && started == start && st != "Z" && st != "X"
 	}
 	if !alive() {
 		return nil
