@@ -3,6 +3,7 @@ module github.com/ambient-lite/ambient-lite
 go 1.26.0
 
 require (
+	github.com/spiffe/go-spiffe/v2 v2.6.0
 	istio.io/api v1.31.0
 	istio.io/client-go v1.31.0
 	k8s.io/api v0.36.3
@@ -48,7 +49,7 @@ require (
 	golang.org/x/term v0.43.0 // indirect
 	golang.org/x/text v0.37.0 // indirect
 	golang.org/x/time v0.15.0 // indirect
-	google.golang.org/genproto/googleapis/api v0.0.0-20251213004720-97cd9d5aeac2 // indirect
+	google.golang.org/genproto/googleapis/api v0.0.0-20260414002931-afd174a4e478 // indirect
 	google.golang.org/protobuf v1.36.12-0.20260120151049-f2248ac996af // indirect
 	gopkg.in/evanphx/json-patch.v4 v4.13.0 // indirect
 	gopkg.in/inf.v0 v0.9.1 // indirect
