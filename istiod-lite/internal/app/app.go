@@ -1,0 +1,194 @@
+// Package app is istiod-lite's composition root: it binds the listeners, connects to
+// Kubernetes, loads or creates the CA root, starts the informers, the root publisher and
+// the gRPC CA service, and shuts them down in order. Nothing imports it but main.
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/ca"
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/caserver"
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/config"
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/kube"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	pb "istio.io/api/security/v1alpha1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+const (
+	resyncPeriod = 10 * time.Minute
+	// servingCertTTL is the validity of istiod-lite's own TLS certificate (re-issued at half-life).
+	servingCertTTL = 24 * time.Hour
+	shutdownGrace  = 5 * time.Second
+)
+
+// Run serves until ctx ends, then stops gracefully. Start-up errors (a busy port, an
+// unreachable apiserver, unusable CA material) are returned before anything serves.
+func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+	grpcLis, err := net.Listen("tcp", cfg.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("listening for gRPC on %s: %w", cfg.GRPCAddr, err)
+	}
+	defer grpcLis.Close()
+	httpLis, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listening for HTTP on %s: %w", cfg.HTTPAddr, err)
+	}
+	defer httpLis.Close()
+
+	var ready atomic.Bool
+	health := &http.Server{Handler: healthMux(&ready), ReadHeaderTimeout: 5 * time.Second}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return serveHTTP(ctx, health, httpLis) })
+
+	client, err := kubeClient(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	store := &kube.RootStore{Client: client, Namespace: cfg.Namespace, TrustDomain: cfg.TrustDomain, RootTTL: cfg.RootCertTTL, Log: log}
+	bundle, err := store.Load(ctx)
+	if err != nil {
+		return errors.Join(err, stop(health, g))
+	}
+
+	factory := informers.NewSharedInformerFactory(client, resyncPeriod)
+	rootCMs := informers.NewSharedInformerFactoryWithOptions(client, resyncPeriod, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", kube.RootConfigMap).String()
+	}))
+	pods, err := kube.NewPodIndex(factory)
+	if err != nil {
+		return err
+	}
+	publisher, err := kube.NewRootPublisher(client, factory, rootCMs, bundle.RootPEM(), log.With("controller", "root-publisher"))
+	if err != nil {
+		return err
+	}
+	caSrv, err := caserver.New(caserver.Options{
+		Bundle: bundle, TrustDomain: cfg.TrustDomain,
+		DefaultTTL: cfg.DefaultCertTTL, MaxTTL: cfg.MaxCertTTL,
+		TrustedNodeAccounts: cfg.TrustedNodeAccounts,
+		Auth:                &kube.TokenReviewer{Client: client, Audience: cfg.TokenAudience},
+		Pods:                pods,
+		Log:                 log.With("service", "ca"),
+	})
+	if err != nil {
+		return err
+	}
+	serving, err := ca.NewServingCert(bundle, cfg.ServingDNSNames(), servingCertTTL, time.Now)
+	if err != nil {
+		return err
+	}
+	grpcSrv := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: serving.GetCertificate})),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
+	)
+	pb.RegisterIstioCertificateServiceServer(grpcSrv, caSrv)
+
+	factory.Start(ctx.Done())
+	rootCMs.Start(ctx.Done())
+	defer factory.Shutdown()
+	defer rootCMs.Shutdown()
+	g.Go(func() error { return publisher.Run(ctx) })
+	if !cache.WaitForCacheSync(ctx.Done(), pods.HasSynced) {
+		return errors.Join(fmt.Errorf("waiting for the pod cache: %w", ctx.Err()), stop(health, g))
+	}
+	g.Go(func() error {
+		if err := grpcSrv.Serve(grpcLis); err != nil {
+			return fmt.Errorf("serving gRPC: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		ready.Store(false)
+		stopGRPC(grpcSrv)
+		return nil
+	})
+	ready.Store(true)
+	log.Info("istiod-lite ready", "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String(),
+		"trustDomain", cfg.TrustDomain, "root", bundle.Root.Subject.String(), "rootNotAfter", bundle.Root.NotAfter)
+	return g.Wait()
+}
+
+func healthMux(ready *atomic.Bool) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	return mux
+}
+
+func serveHTTP(ctx context.Context, srv *http.Server, lis net.Listener) error {
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serving HTTP: %w", err)
+	}
+	return nil
+}
+
+// stop ends the health server during a failed start-up.
+func stop(health *http.Server, g *errgroup.Group) error {
+	_ = health.Close()
+	return g.Wait()
+}
+
+// stopGRPC drains in-flight requests, then forces the rest closed after shutdownGrace.
+func stopGRPC(s *grpc.Server) {
+	done := make(chan struct{})
+	go func() {
+		s.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(shutdownGrace):
+		s.Stop()
+	}
+}
+
+func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+	var cfg *rest.Config
+	var err error
+	if kubeconfig == "" {
+		cfg, err = rest.InClusterConfig()
+	} else {
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading Kubernetes client configuration (set --kubeconfig outside a cluster): %w", err)
+	}
+	cfg.UserAgent = "istiod-lite"
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating Kubernetes client: %w", err)
+	}
+	return client, nil
+}
