@@ -146,6 +146,9 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 
 var errExitedEarly = errors.New("exited during start-up")
 
+// serviceAccountIssuer is the iss claim of the cluster's ServiceAccount tokens.
+const serviceAccountIssuer = "https://kubernetes.default.svc.cluster.local"
+
 // startCore starts etcd and the apiserver and waits for the apiserver's /readyz.
 func (c *Cluster) startCore(ctx context.Context, binDir string, p *pki, pt ports, cidr string, detached bool) error {
 	etcdURL := "http://127.0.0.1:" + strconv.Itoa(pt.etcdClient)
@@ -177,7 +180,7 @@ func (c *Cluster) startCore(ctx context.Context, binDir string, p *pki, pt ports
 		"--tls-cert-file="+p.ServingCert, "--tls-private-key-file="+p.ServingKey,
 		"--client-ca-file="+p.CACert,
 		"--kubelet-client-certificate="+p.KubeletClientCert, "--kubelet-client-key="+p.KubeletClientKey,
-		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+		"--service-account-issuer="+serviceAccountIssuer,
 		"--service-account-key-file="+p.SAPublic,
 		"--service-account-signing-key-file="+p.SAPrivate,
 		"--service-cluster-ip-range="+cidr,

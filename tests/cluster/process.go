@@ -45,6 +45,13 @@ var sharedLauncher = sync.OnceValue(func() *launcher {
 	return l
 })
 
+// StartChild starts cmd so that it is killed when this process dies, however the test
+// binary's threads come and go. It sets cmd.SysProcAttr.
+func StartChild(cmd *exec.Cmd) error {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	return sharedLauncher().start(cmd)
+}
+
 func (l *launcher) start(cmd *exec.Cmd) error {
 	reply := make(chan error)
 	l.reqs <- launchReq{cmd: cmd, reply: reply}
@@ -65,8 +72,7 @@ func startProcess(name, bin string, args []string, logPath string, detached bool
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		err = cmd.Start()
 	} else {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-		err = sharedLauncher().start(cmd)
+		err = StartChild(cmd)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("starting %s (%s): %w", name, bin, err)
