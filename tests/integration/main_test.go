@@ -1,5 +1,3 @@
-// Package integration runs the mesh's components as real processes against the local
-// control plane (tests/cluster): istiod-lite's CA today, then xDS, ztunnel and waypoint.
 package integration
 
 import (
