@@ -7,7 +7,9 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
+	"math/big"
 	"net/url"
 	"strings"
 	"sync"
@@ -368,5 +370,68 @@ func TestRootPublishedEverywhere(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal("an edited root ConfigMap was not restored")
+	}
+}
+
+// A plug-in CA in the cacerts Secret (Istio's layout) is used instead of a generated root:
+// leaves chain to the operator's root through its intermediate, and that root is published.
+func TestPluginCA(t *testing.T) {
+	c := cluster.Shared(t)
+	ns := c.Namespace(t, nil)
+	rootKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	interKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	now := time.Now()
+	caTemplate := func(cn string, serial int64) *x509.Certificate {
+		return &x509.Certificate{
+			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn},
+			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(48 * time.Hour),
+			KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, BasicConstraintsValid: true, IsCA: true,
+		}
+	}
+	rootDER, err := x509.CreateCertificate(rand.Reader, caTemplate("operator root", 1), caTemplate("operator root", 1), rootKey.Public(), rootKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := mustParse(t, rootDER)
+	interDER, err := x509.CreateCertificate(rand.Reader, caTemplate("cluster intermediate", 2), root, interKey.Public(), rootKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(interKey)
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: interDER})
+	rootPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: rootDER})
+	_, err = c.Client.CoreV1().Secrets(ns).Create(context.Background(), &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "cacerts"},
+		Data: map[string][]byte{
+			"ca-cert.pem": certPEM, "ca-key.pem": pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+			"root-cert.pem": rootPEM, "cert-chain.pem": append(append([]byte(nil), certPEM...), rootPEM...),
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := newIstiod(t, c, ns, istiodKubeconfig(t, c, ns))
+	d.start()
+	if published := publishedRoot(t, c, ns); !published.Equal(root) {
+		t.Fatalf("published root is %s, want the plug-in root", published.Subject)
+	}
+	m := meshCA{istiod: d, root: root, pb: d.client(t, root)}
+	app := c.Namespace(t, nil)
+	createSA(t, c, app, "w")
+	id := "spiffe://cluster.local/ns/" + app + "/sa/w"
+	resp, err := m.ask(t, saToken(t, c, app, "w", "istio-ca", nil), id, false, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := parseChain(t, resp.CertChain)
+	if len(chain) != 3 || chain[1].Subject.CommonName != "cluster intermediate" || !chain[2].Equal(root) {
+		t.Fatalf("chain = %d certificates, want leaf, intermediate, operator root", len(chain))
+	}
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+	if _, _, err := x509svid.Verify(chain[:2], x509bundle.FromX509Authorities(td, []*x509.Certificate{root})); err != nil {
+		t.Fatalf("leaf does not verify to the operator root: %v", err)
+	}
+	if _, err := c.Client.CoreV1().Secrets(ns).Get(context.Background(), "istio-ca-secret", metav1.GetOptions{}); err == nil {
+		t.Error("istio-ca-secret was created although a plug-in CA is configured")
 	}
 }
