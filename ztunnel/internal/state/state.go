@@ -1,0 +1,238 @@
+// Package state is ztunnel's read model of the mesh: the workloads and services it knows,
+// indexed by IP, uid and hostname, held in immutable snapshots that one writer replaces
+// atomically and any number of proxy goroutines read without locks. The routing decisions
+// (route.go) are pure functions over a snapshot.
+//
+// It is not an xDS client or a file loader: those feed it through Store.Apply. It imports
+// Istio's workload API types (istio.workload.Workload and Service), the wire contract with
+// the control plane.
+package state
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"github.com/ambient-lite/ambient-lite/pkg/identity"
+	"istio.io/istio/pkg/workloadapi"
+)
+
+// Workload is a workload with the fields ztunnel derives once, at apply time.
+type Workload struct {
+	*workloadapi.Workload
+	// IPs are the parsed Addresses.
+	IPs []netip.Addr
+	// Identity is spiffe://<trust domain>/ns/<namespace>/sa/<service account>.
+	Identity identity.ID
+}
+
+// Service is a service with its parsed VIPs and its key, "namespace/hostname".
+type Service struct {
+	*workloadapi.Service
+	Key  string
+	VIPs []netip.Addr
+}
+
+// Snapshot is an immutable view of the mesh. Never modify what it returns.
+type Snapshot struct {
+	workloads map[string]*Workload     // by uid
+	byIP      map[netip.Addr]*Workload // by each workload IP
+	services  map[string]*Service      // by key
+	byVIP     map[netip.Addr]*Service
+	endpoints map[string][]*Workload // service key -> workloads that list it
+}
+
+// Workload returns the workload with uid.
+func (s *Snapshot) Workload(uid string) (*Workload, bool) { w, ok := s.workloads[uid]; return w, ok }
+
+// WorkloadByIP returns the workload that owns ip.
+func (s *Snapshot) WorkloadByIP(ip netip.Addr) (*Workload, bool) {
+	w, ok := s.byIP[ip.Unmap()]
+	return w, ok
+}
+
+// Service returns the service with key "namespace/hostname".
+func (s *Snapshot) Service(key string) (*Service, bool) { v, ok := s.services[key]; return v, ok }
+
+// ServiceByVIP returns the service that owns vip.
+func (s *Snapshot) ServiceByVIP(vip netip.Addr) (*Service, bool) {
+	v, ok := s.byVIP[vip.Unmap()]
+	return v, ok
+}
+
+// Endpoints returns the workloads that list the service key among their services.
+func (s *Snapshot) Endpoints(key string) []*Workload { return s.endpoints[key] }
+
+// Counts returns how many workloads and services the snapshot holds.
+func (s *Snapshot) Counts() (workloads, services int) { return len(s.workloads), len(s.services) }
+
+// Workloads calls f for every workload, in no particular order.
+func (s *Snapshot) Workloads(f func(*Workload)) {
+	for _, w := range s.workloads {
+		f(w)
+	}
+}
+
+// Services calls f for every service, in no particular order.
+func (s *Snapshot) Services(f func(*Service)) {
+	for _, v := range s.services {
+		f(v)
+	}
+}
+
+// Store holds the current snapshot. Apply is its only writer.
+type Store struct {
+	defaultTrustDomain string
+	cur                atomic.Pointer[Snapshot]
+
+	mu        sync.Mutex // serialises writers
+	workloads map[string]*Workload
+	services  map[string]*Service
+}
+
+// NewStore returns an empty store. defaultTrustDomain applies to workloads that name none
+// (the control plane elides cluster.local).
+func NewStore(defaultTrustDomain string) *Store {
+	s := &Store{defaultTrustDomain: defaultTrustDomain, workloads: map[string]*Workload{}, services: map[string]*Service{}}
+	s.cur.Store(index(s.workloads, s.services))
+	return s
+}
+
+// Snapshot returns the current snapshot; cheap, lock-free.
+func (s *Store) Snapshot() *Snapshot { return s.cur.Load() }
+
+// Apply upserts addrs and removes the resources named in removals (workload uids or
+// service keys), atomically: if any resource is invalid nothing changes and the error names
+// it, so the caller can NACK and keep the last good state.
+func (s *Store) Apply(addrs []*workloadapi.Address, removals []string) error {
+	var ws []*Workload
+	var svcs []*Service
+	var errs []error
+	for _, a := range addrs {
+		switch {
+		case a.GetWorkload() != nil:
+			w, err := newWorkload(a.GetWorkload(), s.defaultTrustDomain)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			ws = append(ws, w)
+		case a.GetService() != nil:
+			v, err := newService(a.GetService())
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			svcs = append(svcs, v)
+		default:
+			errs = append(errs, errors.New("address holds neither a workload nor a service"))
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	workloads, services := cloneMap(s.workloads), cloneMap(s.services)
+	for _, name := range removals {
+		delete(workloads, name)
+		delete(services, name)
+	}
+	for _, w := range ws {
+		workloads[w.Uid] = w
+	}
+	for _, v := range svcs {
+		services[v.Key] = v
+	}
+	s.workloads, s.services = workloads, services
+	s.cur.Store(index(workloads, services))
+	return nil
+}
+
+func newWorkload(pb *workloadapi.Workload, defaultTD string) (*Workload, error) {
+	if pb.GetUid() == "" {
+		return nil, fmt.Errorf("workload %s/%s has no uid", pb.GetNamespace(), pb.GetName())
+	}
+	w := &Workload{Workload: pb}
+	for i, b := range pb.GetAddresses() {
+		ip, ok := netip.AddrFromSlice(b)
+		if !ok {
+			return nil, fmt.Errorf("workload %s: address %d is %d bytes, want 4 or 16", pb.Uid, i, len(b))
+		}
+		w.IPs = append(w.IPs, ip.Unmap())
+	}
+	td, sa := pb.GetTrustDomain(), pb.GetServiceAccount()
+	if td == "" {
+		td = defaultTD
+	}
+	if sa == "" {
+		sa = "default"
+	}
+	id, err := identity.New(td, pb.GetNamespace(), sa)
+	if err != nil {
+		return nil, fmt.Errorf("workload %s: %w", pb.Uid, err)
+	}
+	w.Identity = id
+	return w, nil
+}
+
+func newService(pb *workloadapi.Service) (*Service, error) {
+	if pb.GetNamespace() == "" || pb.GetHostname() == "" {
+		return nil, fmt.Errorf("service %q has no namespace or hostname", pb.GetName())
+	}
+	v := &Service{Service: pb, Key: pb.GetNamespace() + "/" + pb.GetHostname()}
+	for i, a := range pb.GetAddresses() {
+		ip, ok := netip.AddrFromSlice(a.GetAddress())
+		if !ok {
+			return nil, fmt.Errorf("service %s: address %d is %d bytes, want 4 or 16", v.Key, i, len(a.GetAddress()))
+		}
+		v.VIPs = append(v.VIPs, ip.Unmap())
+	}
+	for _, p := range pb.GetPorts() {
+		if p.GetServicePort() == 0 || p.GetServicePort() > 65535 || p.GetTargetPort() > 65535 {
+			return nil, fmt.Errorf("service %s: invalid port %d -> %d", v.Key, p.GetServicePort(), p.GetTargetPort())
+		}
+	}
+	return v, nil
+}
+
+// index builds a snapshot's lookup tables. Where two workloads claim one IP, the one with
+// the smaller uid wins, so the result does not depend on map order.
+func index(workloads map[string]*Workload, services map[string]*Service) *Snapshot {
+	s := &Snapshot{
+		workloads: workloads, services: services,
+		byIP: map[netip.Addr]*Workload{}, byVIP: map[netip.Addr]*Service{}, endpoints: map[string][]*Workload{},
+	}
+	for _, w := range workloads {
+		for _, ip := range w.IPs {
+			if old, ok := s.byIP[ip]; !ok || w.Uid < old.Uid {
+				s.byIP[ip] = w
+			}
+		}
+		for key := range w.GetServices() {
+			s.endpoints[key] = append(s.endpoints[key], w)
+		}
+	}
+	for key, eps := range s.endpoints {
+		sortByUID(eps)
+		s.endpoints[key] = eps
+	}
+	for _, v := range services {
+		for _, ip := range v.VIPs {
+			if old, ok := s.byVIP[ip]; !ok || v.Key < old.Key {
+				s.byVIP[ip] = v
+			}
+		}
+	}
+	return s
+}
+
+func cloneMap[V any](m map[string]V) map[string]V {
+	out := make(map[string]V, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}

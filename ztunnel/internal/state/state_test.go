@@ -1,0 +1,147 @@
+package state
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/ambient-lite/ambient-lite/ztunnel/internal/localconfig"
+	"istio.io/istio/pkg/workloadapi"
+)
+
+func load(t *testing.T) *Store {
+	t.Helper()
+	b, err := os.ReadFile("../localconfig/testdata/two-nodes.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, err := localconfig.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewStore("cluster.local")
+	if err := s.Apply(addrs, nil); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestOutbound(t *testing.T) {
+	snap := load(t).Snapshot()
+	first := func(int) int { return 0 }
+	tests := []struct {
+		name       string
+		dst        string
+		kind       RouteKind
+		target     string
+		dial       string
+		identities []string
+		err        error
+	}{
+		{"pod IP in the mesh", "10.10.2.2:9090", HBONE, "10.10.2.2:9090", "10.10.2.2:15008", []string{"spiffe://cluster.local/ns/default/sa/echo"}, nil},
+		{"service VIP uses the workload's own port mapping", "10.96.0.20:80", HBONE, "10.10.2.2:9090", "10.10.2.2:15008",
+			[]string{"spiffe://cluster.local/ns/default/sa/echo", "spiffe://cluster.local/ns/default/sa/echo-canary"}, nil},
+		{"service port without target port", "10.96.0.20:443", HBONE, "10.10.2.2:443", "10.10.2.2:15008", nil, nil},
+		{"unknown service port", "10.96.0.20:81", 0, "", "", nil, ErrNoPort},
+		{"workload outside the mesh (IPv6)", "[fd00::5]:5432", Plaintext, "[fd00::5]:5432", "[fd00::5]:5432", nil, nil},
+		{"IPv6 VIP to a plaintext endpoint", "[fd00::100]:5432", Plaintext, "[fd00::5]:5432", "[fd00::5]:5432", nil, nil},
+		{"unknown destination", "192.0.2.1:443", Passthrough, "192.0.2.1:443", "192.0.2.1:443", nil, nil},
+		{"IPv4-mapped IPv6 destination", "[::ffff:10.10.2.2]:9090", HBONE, "10.10.2.2:9090", "10.10.2.2:15008", nil, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := snap.Outbound(netip.MustParseAddrPort(tt.dst), first)
+			if tt.err != nil {
+				if !errors.Is(err, tt.err) {
+					t.Fatalf("err = %v, want %v", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Kind != tt.kind || r.Target.String() != tt.target || r.Dial.String() != tt.dial {
+				t.Errorf("route = %s target %s dial %s; want %s %s %s", r.Kind, r.Target, r.Dial, tt.kind, tt.target, tt.dial)
+			}
+			if tt.identities != nil {
+				var got []string
+				for _, id := range r.Identities {
+					got = append(got, id.String())
+				}
+				if strings.Join(got, ",") != strings.Join(tt.identities, ",") {
+					t.Errorf("identities = %v, want %v", got, tt.identities)
+				}
+			}
+		})
+	}
+}
+
+func TestOutboundSkipsUnhealthyAndBalances(t *testing.T) {
+	s := load(t)
+	healthy := &workloadapi.Workload{Uid: "cluster1//Pod/default/echo-3", Namespace: "default", ServiceAccount: "echo",
+		Addresses: [][]byte{{10, 10, 2, 4}}, TunnelProtocol: workloadapi.TunnelProtocol_HBONE,
+		Services: map[string]*workloadapi.PortList{"default/echo.default.svc.cluster.local": {}}}
+	if err := s.Apply([]*workloadapi.Address{{Type: &workloadapi.Address_Workload{Workload: healthy}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for i := range 4 {
+		r, err := s.Snapshot().Outbound(netip.MustParseAddrPort("10.96.0.20:80"), func(n int) int { return i % n })
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[r.Target.String()] = true
+	}
+	if len(seen) != 2 || !seen["10.10.2.2:9090"] || !seen["10.10.2.4:8080"] || seen["10.10.2.3:8080"] {
+		t.Errorf("targets = %v, want the two healthy endpoints (echo-2 is unhealthy)", seen)
+	}
+
+	if err := s.Apply(nil, []string{"cluster1//Pod/default/echo-1", "cluster1//Pod/default/echo-3"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Snapshot().Outbound(netip.MustParseAddrPort("10.96.0.20:80"), func(int) int { return 0 }); !errors.Is(err, ErrNoEndpoints) {
+		t.Errorf("with only an unhealthy endpoint: err = %v, want ErrNoEndpoints", err)
+	}
+}
+
+func TestApplyIsAtomic(t *testing.T) {
+	s := load(t)
+	before := s.Snapshot()
+	good := &workloadapi.Workload{Uid: "new", Namespace: "default", Addresses: [][]byte{{10, 0, 0, 9}}}
+	bad := &workloadapi.Workload{Uid: "broken", Namespace: "default", Addresses: [][]byte{{1, 2, 3}}}
+	err := s.Apply([]*workloadapi.Address{
+		{Type: &workloadapi.Address_Workload{Workload: good}},
+		{Type: &workloadapi.Address_Workload{Workload: bad}},
+	}, []string{"cluster1//Pod/default/client"})
+	if err == nil || !strings.Contains(err.Error(), "broken") {
+		t.Fatalf("err = %v, want it to name the broken workload", err)
+	}
+	if s.Snapshot() != before {
+		t.Fatal("a rejected update changed the state")
+	}
+	if _, ok := s.Snapshot().Workload("cluster1//Pod/default/client"); !ok {
+		t.Fatal("the removal of a rejected update was applied")
+	}
+	// Readers holding the old snapshot keep a consistent view after a later update.
+	if err := s.Apply(nil, []string{"cluster1//Pod/default/client"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := before.WorkloadByIP(netip.MustParseAddr("10.10.1.2")); !ok {
+		t.Error("an old snapshot changed under its reader")
+	}
+	if _, ok := s.Snapshot().WorkloadByIP(netip.MustParseAddr("10.10.1.2")); ok {
+		t.Error("removed workload still indexed by IP")
+	}
+}
+
+func TestIdentityDefaults(t *testing.T) {
+	w, err := newWorkload(&workloadapi.Workload{Uid: "u", Namespace: "ns"}, "cluster.local")
+	if err != nil || w.Identity.String() != "spiffe://cluster.local/ns/ns/sa/default" {
+		t.Fatalf("identity = %v, %v; want the default service account in the default trust domain", w.Identity, err)
+	}
+	if _, err := newWorkload(&workloadapi.Workload{Uid: "u"}, "cluster.local"); err == nil {
+		t.Error("a workload without namespace was accepted")
+	}
+}
