@@ -1,0 +1,126 @@
+// Package config is ztunnel's configuration: environment variables (Istio ztunnel's names
+// where they exist), parsed once at start into a typed, validated Config. The names are the
+// constants below; nothing else in ztunnel reads the environment.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ambient-lite/ambient-lite/pkg/identity"
+)
+
+// Environment variable names.
+const (
+	EnvLocalXDSPath  = "LOCAL_XDS_PATH"         // workloads and services from a file instead of xDS
+	EnvCAAddress     = "CA_ADDRESS"             // host:port of the Istio CA, or unix:///path
+	EnvCAServerName  = "CA_SERVER_NAME"         // name in the CA's serving certificate
+	EnvRootCertPath  = "ROOT_CERT_PATH"         // mesh root(s), PEM
+	EnvTokenPath     = "TOKEN_PATH"             // projected ServiceAccount token, audience istio-ca
+	EnvTrustDomain   = "TRUST_DOMAIN"           // default for workloads that name none
+	EnvNodeName      = "NODE_NAME"              // this ztunnel's node: it serves the workloads on it
+	EnvCertTTL       = "SECRET_TTL"             // requested workload certificate validity
+	EnvDrainDuration = "DRAIN_DURATION"         // how long connections may finish after SIGTERM
+	EnvClusterID     = "CLUSTER_ID"             // sent to the CA as clusterid
+	EnvOutboundAddr  = "OUTBOUND_ADDR"          // :15001
+	EnvInboundAddr   = "INBOUND_ADDR"           // :15008
+	EnvPlaintextAddr = "INBOUND_PLAINTEXT_ADDR" // :15006
+	EnvReadinessAddr = "READINESS_ADDR"         // :15021
+	EnvStatsAddr     = "STATS_ADDR"             // :15020
+	EnvAdminAddr     = "ADMIN_ADDR"             // localhost:15000
+	EnvLogLevel      = "LOG_LEVEL"              // debug, info, warn, error
+)
+
+// Config is ztunnel's validated configuration.
+type Config struct {
+	LocalXDSPath string
+	CAAddress    string
+	CAServerName string
+	RootCertPath string
+	TokenPath    string
+	TrustDomain  string
+	NodeName     string
+	ClusterID    string
+	CertTTL      time.Duration
+	Drain        time.Duration
+	// Listener addresses.
+	Outbound, Inbound, Plaintext, Readiness, Stats, Admin netip.AddrPort
+	LogLevel                                              string
+}
+
+// FromEnv parses the configuration from getenv.
+func FromEnv(getenv func(string) string) (Config, error) {
+	var errs []error
+	str := func(name, def string) string {
+		if v := strings.TrimSpace(getenv(name)); v != "" {
+			return v
+		}
+		return def
+	}
+	addr := func(name, def string) netip.AddrPort {
+		v := str(name, def)
+		ap, err := netip.ParseAddrPort(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q: want ip:port: %w", name, v, err))
+		}
+		return ap
+	}
+	dur := func(name string, def time.Duration) time.Duration {
+		v := str(name, "")
+		if v == "" {
+			return def
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			if secs, serr := strconv.Atoi(v); serr == nil { // Istio writes plain seconds too
+				return time.Duration(secs) * time.Second
+			}
+			errs = append(errs, fmt.Errorf("%s=%q: %w", name, v, err))
+		}
+		return d
+	}
+	c := Config{
+		LocalXDSPath: str(EnvLocalXDSPath, ""),
+		CAAddress:    str(EnvCAAddress, "istiod.istio-system.svc:15012"),
+		CAServerName: str(EnvCAServerName, "istiod.istio-system.svc"),
+		RootCertPath: str(EnvRootCertPath, "/var/run/secrets/istio/root-cert.pem"),
+		TokenPath:    str(EnvTokenPath, "/var/run/secrets/tokens/istio-token"),
+		TrustDomain:  str(EnvTrustDomain, identity.DefaultTrustDomain),
+		NodeName:     str(EnvNodeName, ""),
+		ClusterID:    str(EnvClusterID, "Kubernetes"),
+		CertTTL:      dur(EnvCertTTL, 24*time.Hour),
+		Drain:        dur(EnvDrainDuration, 5*time.Second),
+		Outbound:     addr(EnvOutboundAddr, "0.0.0.0:15001"),
+		Inbound:      addr(EnvInboundAddr, "0.0.0.0:15008"),
+		Plaintext:    addr(EnvPlaintextAddr, "0.0.0.0:15006"),
+		Readiness:    addr(EnvReadinessAddr, "0.0.0.0:15021"),
+		Stats:        addr(EnvStatsAddr, "0.0.0.0:15020"),
+		Admin:        addr(EnvAdminAddr, "127.0.0.1:15000"),
+		LogLevel:     str(EnvLogLevel, "info"),
+	}
+	if c.LocalXDSPath == "" {
+		errs = append(errs, fmt.Errorf("%s is required until ztunnel has an xDS client", EnvLocalXDSPath))
+	}
+	if c.NodeName == "" {
+		errs = append(errs, fmt.Errorf("%s is required: ztunnel serves the workloads of its node", EnvNodeName))
+	}
+	if _, err := identity.New(c.TrustDomain, "ns", "sa"); err != nil {
+		errs = append(errs, fmt.Errorf("%s=%q: %w", EnvTrustDomain, c.TrustDomain, err))
+	}
+	if c.CertTTL <= 0 || c.Drain < 0 {
+		errs = append(errs, fmt.Errorf("%s must be positive and %s not negative", EnvCertTTL, EnvDrainDuration))
+	}
+	if !c.Admin.Addr().IsLoopback() {
+		errs = append(errs, fmt.Errorf("%s=%s: the admin server must listen on loopback", EnvAdminAddr, c.Admin))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("%s=%q: want debug, info, warn or error", EnvLogLevel, c.LogLevel))
+	}
+	return c, errors.Join(errs...)
+}

@@ -1,0 +1,36 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestFromEnv(t *testing.T) {
+	c, err := FromEnv(env(map[string]string{EnvLocalXDSPath: "/etc/ztunnel/local.yaml", EnvNodeName: "node-a", EnvDrainDuration: "30"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Outbound.Port() != 15001 || c.Inbound.Port() != 15008 || c.Plaintext.Port() != 15006 || c.Readiness.Port() != 15021 ||
+		c.Stats.Port() != 15020 || c.Admin.String() != "127.0.0.1:15000" || c.Drain != 30*time.Second || c.CertTTL != 24*time.Hour {
+		t.Errorf("defaults: %+v", c)
+	}
+	for name, tt := range map[string]struct {
+		env  map[string]string
+		want string
+	}{
+		"no file":      {map[string]string{EnvNodeName: "n"}, EnvLocalXDSPath},
+		"no node":      {map[string]string{EnvLocalXDSPath: "f"}, EnvNodeName},
+		"bad address":  {map[string]string{EnvLocalXDSPath: "f", EnvNodeName: "n", EnvInboundAddr: ":15008"}, EnvInboundAddr},
+		"public admin": {map[string]string{EnvLocalXDSPath: "f", EnvNodeName: "n", EnvAdminAddr: "0.0.0.0:15000"}, "loopback"},
+		"bad ttl":      {map[string]string{EnvLocalXDSPath: "f", EnvNodeName: "n", EnvCertTTL: "forever"}, EnvCertTTL},
+		"bad level":    {map[string]string{EnvLocalXDSPath: "f", EnvNodeName: "n", EnvLogLevel: "chatty"}, EnvLogLevel},
+		"bad td":       {map[string]string{EnvLocalXDSPath: "f", EnvNodeName: "n", EnvTrustDomain: "A B"}, EnvTrustDomain},
+	} {
+		if _, err := FromEnv(env(tt.env)); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: err = %v, want it to name %s", name, err, tt.want)
+		}
+	}
+}
