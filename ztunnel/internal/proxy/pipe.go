@@ -1,0 +1,80 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+)
+
+// bufSize is the copy buffer: large enough to move a full TLS record (16 KiB) several
+// times per syscall on bulk streams.
+const bufSize = 256 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+
+// closeWriter is a connection that can half-close (TCP, TLS, HBONE streams).
+type closeWriter interface{ CloseWrite() error }
+
+// Pipe copies a→b and b→a until both directions end, propagating half-closes, and reports
+// bytes moved in each direction through the callbacks as they flow (for live metrics). It
+// closes both connections before returning.
+func Pipe(a, b net.Conn, aToB, bToA func(n int64)) (sentAB, sentBA int64, err error) {
+	var wg sync.WaitGroup
+	var errAB, errBA error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		sentBA, errBA = copyHalf(a, b, bToA)
+	}()
+	sentAB, errAB = copyHalf(b, a, aToB)
+	wg.Wait()
+	_ = a.Close()
+	_ = b.Close()
+	return sentAB, sentBA, errors.Join(quiet(errAB), quiet(errBA))
+}
+
+// copyHalf copies src to dst, then half-closes dst (or closes it when it cannot half-close)
+// so the peer sees EOF while the other direction keeps flowing.
+func copyHalf(dst, src net.Conn, count func(int64)) (int64, error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	var total int64
+	var err error
+	buf := *bp
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			w, werr := dst.Write(buf[:n])
+			total += int64(w)
+			if count != nil && w > 0 {
+				count(int64(w))
+			}
+			if werr != nil {
+				err = werr
+				break
+			}
+		}
+		if rerr != nil {
+			if !errors.Is(rerr, io.EOF) {
+				err = rerr
+			}
+			break
+		}
+	}
+	if cw, ok := dst.(closeWriter); ok && err == nil {
+		_ = cw.CloseWrite()
+	} else {
+		_ = dst.Close()
+		_ = src.Close() // unblock the other direction's write into src's peer
+	}
+	return total, err
+}
+
+// quiet drops the errors that only say a peer closed first.
+func quiet(err error) error {
+	if err == nil || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe) {
+		return nil
+	}
+	return err
+}
