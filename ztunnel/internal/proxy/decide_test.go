@@ -1,0 +1,88 @@
+package proxy
+
+import (
+	"errors"
+	"net/http"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/ambient-lite/ambient-lite/pkg/identity"
+	"github.com/ambient-lite/ambient-lite/ztunnel/internal/localconfig"
+	"github.com/ambient-lite/ambient-lite/ztunnel/internal/state"
+)
+
+func snapshot(t *testing.T) *state.Snapshot {
+	t.Helper()
+	b, err := os.ReadFile("../localconfig/testdata/two-nodes.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, err := localconfig.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := state.NewStore("cluster.local")
+	if err := s.Apply(addrs, nil); err != nil {
+		t.Fatal(err)
+	}
+	return s.Snapshot()
+}
+
+type denyFrom string
+
+func (d denyFrom) Authorize(c Conn) error {
+	if c.Source.String() == string(d) || (d == "" && c.Source.IsZero()) {
+		return errors.New("denied by policy test/deny")
+	}
+	return nil
+}
+
+func TestDecideInbound(t *testing.T) {
+	snap := snapshot(t)
+	sleep, _ := identity.Parse("spiffe://cluster.local/ns/default/sa/sleep")
+	src := netip.MustParseAddr("10.10.1.2")
+	tests := []struct {
+		name   string
+		node   string
+		target string
+		authz  Authorizer
+		status int
+		reason string
+	}{
+		{"local mesh workload", "node-b", "10.10.2.2:9090", AllowAll{}, http.StatusOK, ""},
+		{"workload on another node", "node-a", "10.10.2.2:9090", AllowAll{}, http.StatusBadRequest, "not a workload on node node-a"},
+		{"unknown IP", "node-b", "10.10.9.9:80", AllowAll{}, http.StatusBadRequest, "not a workload"},
+		{"workload outside the mesh", "node-b", "[fd00::5]:5432", AllowAll{}, http.StatusBadRequest, "not in the mesh"},
+		{"denied by policy", "node-b", "10.10.2.2:9090", denyFrom(sleep.String()), http.StatusUnauthorized, "test/deny"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := decideInbound(snap, tt.node, netip.MustParseAddrPort(tt.target), sleep, src, tt.authz)
+			if d.Status != tt.status || !strings.Contains(d.Reason, tt.reason) {
+				t.Errorf("decision = %d %q, want %d containing %q", d.Status, d.Reason, tt.status, tt.reason)
+			}
+			if d.Status == http.StatusOK && d.Target.String() != tt.target {
+				t.Errorf("target = %s, want %s", d.Target, tt.target)
+			}
+		})
+	}
+}
+
+func TestDecideOutbound(t *testing.T) {
+	snap := snapshot(t)
+	first := func(int) int { return 0 }
+	client := netip.MustParseAddrPort("10.10.1.2:40000")
+	d, err := decideOutbound(snap, "node-a", client, netip.MustParseAddrPort("10.96.0.20:80"), first)
+	if err != nil || d.Route.Kind != state.HBONE || d.Source == nil || d.Source.Identity.ServiceAccount() != "sleep" {
+		t.Fatalf("client → echo VIP: %+v, %v", d, err)
+	}
+	if _, err := decideOutbound(snap, "node-b", client, netip.MustParseAddrPort("10.96.0.20:80"), first); err == nil {
+		t.Error("ztunnel on node-b tunnelled for a client on node-a")
+	}
+	d, err = decideOutbound(snap, "node-a", netip.MustParseAddrPort("10.10.7.7:1"), netip.MustParseAddrPort("192.0.2.1:443"), first)
+	if err != nil || d.Route.Kind != state.Passthrough {
+		t.Errorf("unknown client to unknown destination: %+v, %v; want passthrough", d, err)
+	}
+}
