@@ -12,6 +12,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -271,4 +272,27 @@ func create(tmpl, parent *x509.Certificate, pub crypto.PublicKey, key crypto.Sig
 		return nil, err
 	}
 	return x509.ParseCertificate(der)
+}
+
+// IssueServing returns a TLS serving certificate for dnsNames, chained to the CA's root
+// through its intermediate, for test servers that stand in for the CA or the control plane.
+func (c *CA) IssueServing(dnsNames []string, ttl time.Duration) (*tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	leaf, err := create(&x509.Certificate{
+		SerialNumber: serial, DNSNames: dnsNames,
+		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(ttl),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}, c.Intermediate, key.Public(), c.intKey)
+	if err != nil {
+		return nil, fmt.Errorf("issuing serving certificate for %v: %w", dnsNames, err)
+	}
+	return &tls.Certificate{Certificate: [][]byte{leaf.Raw, c.Intermediate.Raw}, PrivateKey: key, Leaf: leaf}, nil
 }
