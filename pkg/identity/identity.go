@@ -10,6 +10,7 @@ package identity
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -112,3 +113,9 @@ func validName(s string) bool {
 	}
 	return true
 }
+
+// LogValue logs an ID as its URI.
+func (id ID) LogValue() slog.Value { return slog.StringValue(id.String()) }
+
+// MarshalText encodes an ID as its URI (for JSON and YAML).
+func (id ID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }

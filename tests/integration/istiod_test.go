@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -18,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ambient-lite/ambient-lite/pkg/testenv"
 	"github.com/ambient-lite/ambient-lite/tests/cluster"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -42,7 +42,7 @@ type istiod struct {
 	args      []string
 	cmd       *exec.Cmd
 	done      chan struct{}
-	log       *syncBuffer
+	log       *testenv.Buffer
 	stoppedMu sync.Mutex
 }
 
@@ -124,7 +124,7 @@ func newIstiod(t *testing.T, c *cluster.Cluster, ns, kubeconfig string, extra ..
 func (d *istiod) start() {
 	t := d.t
 	t.Helper()
-	d.log = &syncBuffer{}
+	d.log = &testenv.Buffer{}
 	d.cmd = exec.Command(binary(t, "istiod-lite/cmd/istiod-lite"), append([]string{
 		"--kubeconfig=" + d.kubeconf, "--namespace=" + d.ns,
 		"--grpc-addr=" + d.grpcAddr, "--http-addr=" + d.httpAddr, "--log-level=debug",
@@ -231,22 +231,4 @@ func freePorts(t *testing.T, n int) []int {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports
-}
-
-// syncBuffer is a bytes.Buffer safe for a process's concurrent writes and the test's reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

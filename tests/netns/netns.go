@@ -7,13 +7,17 @@
 package netns
 
 import (
+	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ambient-lite/ambient-lite/pkg/testenv"
 	"golang.org/x/sys/unix"
@@ -111,6 +115,24 @@ func (tp *Topology) Do(ns string, f func() error) error {
 		errc <- f()
 	}()
 	return <-errc
+}
+
+// DialContext dials from inside ns (the socket is created on a thread in ns), for clients
+// such as http.Transport that dial on goroutines of their own.
+func (tp *Topology) DialContext(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := tp.Do(ns, func() (err error) {
+			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+}
+
+// HTTPClient returns a client whose connections are made inside ns.
+func (tp *Topology) HTTPClient(ns string) *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: tp.DialContext(ns), DisableKeepAlives: true}}
 }
 
 func (tp *Topology) ip(args ...string) {

@@ -20,15 +20,16 @@ import (
 // OriginalDestination returns where a connection redirected by a netfilter REDIRECT or DNAT
 // rule was going. For a connection not redirected it returns the local address.
 func OriginalDestination(c net.Conn) (netip.AddrPort, error) {
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
-		return netip.AddrPort{}, fmt.Errorf("original destination: %T is not a TCP connection", c)
+	sc, ok := c.(syscall.Conn)
+	la, tcp := c.LocalAddr().(*net.TCPAddr)
+	if !ok || !tcp {
+		return netip.AddrPort{}, fmt.Errorf("original destination: %T is not a TCP socket", c)
 	}
-	raw, err := tc.SyscallConn()
+	raw, err := sc.SyscallConn()
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
-	local := tc.LocalAddr().(*net.TCPAddr).AddrPort()
+	local := la.AddrPort()
 	var dst netip.AddrPort
 	var sysErr error
 	err = raw.Control(func(fd uintptr) {

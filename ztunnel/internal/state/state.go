@@ -236,3 +236,6 @@ func cloneMap[V any](m map[string]V) map[string]V {
 	}
 	return out
 }
+
+// WorkloadByIPOrNil returns the workload that owns ip, or nil.
+func (s *Snapshot) WorkloadByIPOrNil(ip netip.Addr) *Workload { return s.byIP[ip.Unmap()] }

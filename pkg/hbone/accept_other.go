@@ -1,0 +1,7 @@
+//go:build !unix
+
+package hbone
+
+import "errors"
+
+var errTooManyFiles = errors.New("unused")

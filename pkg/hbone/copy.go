@@ -1,0 +1,58 @@
+package hbone
+
+import (
+	"io"
+	"net/http"
+	"sync"
+)
+
+// copyBufferSize is the size of the pooled buffers that carry bytes between an upstream
+// connection and an HTTP/2 stream.
+const copyBufferSize = 64 << 10
+
+var bufferPool = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
+
+func getBuffer() *[]byte  { return bufferPool.Get().(*[]byte) }
+func putBuffer(b *[]byte) { bufferPool.Put(b) }
+
+// copyStream copies src to dst with a pooled buffer until src ends, flushing dst after each
+// write when it is an http.Flusher (an HTTP/2 response must not sit in a buffer). It
+// reports the bytes written and, separately, the read and write errors (a clean EOF is a
+// nil read error), so the caller can tell which side failed. It deliberately bypasses
+// ReaderFrom/WriterTo, which would allocate their own buffers.
+func copyStream(dst io.Writer, src io.Reader) (n int64, rerr, werr error) {
+	bp := getBuffer()
+	defer putBuffer(bp)
+	buf := *bp
+	flusher, _ := dst.(http.Flusher)
+	for {
+		nr, err := src.Read(buf)
+		if nr > 0 {
+			nw, ew := dst.Write(buf[:nr])
+			n += int64(nw)
+			if ew == nil && nw != nr {
+				ew = io.ErrShortWrite
+			}
+			if ew != nil {
+				return n, nil, ew
+			}
+			if flusher != nil {
+				flusher.Flush()
+			}
+		}
+		if err == io.EOF {
+			return n, nil, nil
+		}
+		if err != nil {
+			return n, err, nil
+		}
+	}
+}
+
+// closeWrite half-closes c if it can (TCP, TLS, Stream), and reports whether it did.
+func closeWrite(c any) bool {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite() == nil
+	}
+	return false
+}

@@ -1,0 +1,33 @@
+// Command ztunnel is the mesh's per-node proxy: it carries the TCP connections of its node's
+// workloads over HBONE (HTTP/2 CONNECT over mutual TLS). Configuration is environment
+// variables (see ztunnel/internal/config).
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/ambient-lite/ambient-lite/ztunnel/internal/app"
+	"github.com/ambient-lite/ambient-lite/ztunnel/internal/config"
+)
+
+func main() {
+	cfg, err := config.FromEnv(os.Getenv)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ztunnel: invalid configuration:", err)
+		os.Exit(2)
+	}
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("component", "ztunnel")
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	if err := app.Run(ctx, cfg, log); err != nil {
+		log.Error("exiting", "err", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,191 @@
+// Package app is ztunnel's composition root: it loads the configuration's workloads into the
+// state store, starts the certificate manager against the CA, binds every listener before
+// serving any (so a busy port fails start-up), runs the proxies and the operator servers,
+// and drains on shutdown. Nothing imports it but main.
+package app
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/ambient-lite/ambient-lite/pkg/caclient"
+	"github.com/ambient-lite/ambient-lite/pkg/secrets"
+	"github.com/ambient-lite/ambient-lite/ztunnel/internal/admin"
+	"github.com/ambient-lite/ambient-lite/ztunnel/internal/config"
+	"github.com/ambient-lite/ambient-lite/ztunnel/internal/localconfig"
+	"github.com/ambient-lite/ambient-lite/ztunnel/internal/metrics"
+	"github.com/ambient-lite/ambient-lite/ztunnel/internal/proxy"
+	"github.com/ambient-lite/ambient-lite/ztunnel/internal/socket"
+	"github.com/ambient-lite/ambient-lite/ztunnel/internal/state"
+	"golang.org/x/sync/errgroup"
+)
+
+// Run serves until ctx ends, then drains for cfg.Drain and stops.
+func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+	store := state.NewStore(cfg.TrustDomain)
+	if err := loadLocal(store, cfg.LocalXDSPath); err != nil {
+		return err
+	}
+	roots, err := readRoots(cfg.RootCertPath)
+	if err != nil {
+		return err
+	}
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	ca, err := caclient.New(caclient.Options{
+		Address: cfg.CAAddress, Roots: pool, ServerName: cfg.CAServerName, TokenPath: cfg.TokenPath,
+		ClusterID: cfg.ClusterID, Log: log.With("client", "ca"),
+	})
+	if err != nil {
+		return err
+	}
+	defer ca.Close()
+	certs, err := secrets.New(secrets.Options{
+		Signer: ca, Roots: func() []*x509.Certificate { return roots }, TTL: cfg.CertTTL,
+		Impersonate: true, Log: log.With("component", "secrets"),
+	})
+	if err != nil {
+		return err
+	}
+	m := metrics.New()
+
+	// Bind everything first: a port in use must fail start-up, not a later connection.
+	lc := socket.ListenConfig(0)
+	bind := func(name string, addr fmt.Stringer) (net.Listener, error) {
+		l, err := lc.Listen(ctx, "tcp", addr.String())
+		if err != nil {
+			return nil, fmt.Errorf("binding the %s listener on %s: %w", name, addr, err)
+		}
+		return l, nil
+	}
+	var listeners []net.Listener
+	defer func() {
+		for _, l := range listeners {
+			_ = l.Close()
+		}
+	}()
+	names := []string{"outbound", "inbound", "inbound plaintext", "readiness", "stats", "admin"}
+	for i, a := range []fmt.Stringer{cfg.Outbound, cfg.Inbound, cfg.Plaintext, cfg.Readiness, cfg.Stats, cfg.Admin} {
+		l, err := bind(names[i], a)
+		if err != nil {
+			return err
+		}
+		listeners = append(listeners, l)
+	}
+	outL, inL, plainL, readyL, statsL, adminL := listeners[0], listeners[1], listeners[2], listeners[3], listeners[4], listeners[5]
+
+	px, err := proxy.New(proxy.Options{
+		Node: cfg.NodeName, State: store.Snapshot, Certs: certs, Roots: func() []*x509.Certificate { return roots },
+		TrustDomain: cfg.TrustDomain, Authorizer: proxy.AllowAll{}, Metrics: m, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+
+	var ready atomic.Bool
+	servers := []*http.Server{
+		{Handler: admin.Readiness(&ready), ReadHeaderTimeout: 5 * time.Second},
+		{Handler: statsMux(m), ReadHeaderTimeout: 5 * time.Second},
+		{Handler: admin.Handler(store.Snapshot), ReadHeaderTimeout: 5 * time.Second},
+	}
+	runCtx, stopRun := context.WithCancel(context.Background()) // outlives ctx by the drain period
+	defer stopRun()
+	g, gctx := errgroup.WithContext(runCtx)
+	g.Go(func() error { return certs.Run(gctx) })
+	for i, srv := range servers {
+		l := []net.Listener{readyL, statsL, adminL}[i]
+		g.Go(func() error {
+			if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
+	g.Go(func() error { return px.ServeOutbound(outL) })
+	g.Go(func() error { return px.ServeInbound(inL) })
+	g.Go(func() error { return px.ServePlaintext(plainL) })
+
+	// Prefetch the certificates of this node's workloads so the first connection is fast.
+	var local []string
+	store.Snapshot().Workloads(func(w *state.Workload) {
+		if w.GetNode() == cfg.NodeName {
+			certs.Prefetch(w.Identity)
+			local = append(local, w.Uid)
+		}
+	})
+	ready.Store(true)
+	log.Info("ztunnel ready", "node", cfg.NodeName, "localWorkloads", len(local), "outbound", outL.Addr().String(), "inbound", inL.Addr().String(),
+		"plaintext", plainL.Addr().String(), "readiness", readyL.Addr().String(), "stats", statsL.Addr().String(), "admin", adminL.Addr().String())
+
+	select {
+	case <-ctx.Done():
+	case <-gctx.Done(): // a server failed
+	}
+	ready.Store(false)
+	log.Info("draining", "for", cfg.Drain)
+	px.Drain(cfg.Drain) // stop accepting, let connections finish, then cut them
+	for _, srv := range servers {
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = srv.Shutdown(sctx)
+		cancel()
+	}
+	stopRun()
+	return g.Wait()
+}
+
+func statsMux(m *metrics.Metrics) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", m.Handler())
+	mux.Handle("/stats/prometheus", m.Handler())
+	return mux
+}
+
+func loadLocal(store *state.Store, path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("reading local config: %w", err)
+	}
+	addrs, err := localconfig.Parse(b)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if err := store.Apply(addrs, nil); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+func readRoots(path string) ([]*x509.Certificate, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading mesh root certificates: %w", err)
+	}
+	var roots []*x509.Certificate
+	for {
+		var block *pem.Block
+		block, b = pem.Decode(b)
+		if block == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		roots = append(roots, c)
+	}
+	if len(roots) == 0 {
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	return roots, nil
+}

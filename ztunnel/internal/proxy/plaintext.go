@@ -1,0 +1,41 @@
+package proxy
+
+import (
+	"net"
+	"net/http"
+
+	"github.com/ambient-lite/ambient-lite/pkg/identity"
+	"github.com/ambient-lite/ambient-lite/ztunnel/internal/metrics"
+	"github.com/ambient-lite/ambient-lite/ztunnel/internal/socket"
+)
+
+// ServePlaintext serves the inbound plaintext listener (:15006): connections that reached a
+// local workload without HBONE. The Authorizer sees them with no source identity, so a STRICT
+// PeerAuthentication refuses them; PERMISSIVE lets them through to the workload.
+func (p *Proxy) ServePlaintext(l net.Listener) error {
+	return p.serve(l, p.handlePlaintext)
+}
+
+func (p *Proxy) handlePlaintext(c net.Conn) {
+	dst, err := socket.OriginalDestination(c)
+	if err != nil {
+		p.log.Warn("inbound plaintext: original destination", "err", err)
+		return
+	}
+	src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	d := decideInbound(p.opts.State(), p.opts.Node, dst, identity.ID{}, src.Addr(), p.opts.Authorizer)
+	if d.Status != http.StatusOK {
+		p.log.Debug("inbound plaintext refused", "src", src, "dst", dst, "reason", d.Reason)
+		return
+	}
+	ctx, cancel := p.dialTimeout()
+	up, err := p.opts.Upstream.Dial(ctx, d.Target)
+	cancel()
+	if err != nil {
+		p.log.Debug("inbound plaintext: connecting to workload", "dst", d.Target, "err", err)
+		return
+	}
+	rec := p.opts.Metrics.Open(connLabels(metrics.ReporterDestination, p.opts.State().WorkloadByIPOrNil(src.Addr()), identity.ID{}, d.Workload, nil, false))
+	defer rec.Close()
+	_, _, _ = Pipe(c, up, rec.Received, rec.Sent)
+}
