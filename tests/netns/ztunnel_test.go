@@ -62,7 +62,20 @@ services:
   ports: [{servicePort: 80, targetPort: 8080}]
 `
 
+// node is how one ztunnel is set up: its CA, the roots it trusts, its view of the workloads.
+type node struct {
+	ca     *testca.Server
+	roots  []*testca.Server // trusted in addition to ca's root
+	config string           // local config; meshConfig if empty
+}
+
 func newMesh(t *testing.T) *mesh {
+	t.Helper()
+	ca := testca.Start(t)
+	return newMeshWith(t, node{ca: ca}, node{ca: ca})
+}
+
+func newMeshWith(t *testing.T, a, b node) *mesh {
 	t.Helper()
 	tp := New(t)
 	for _, tool := range []string{"nft", "tcpdump"} {
@@ -98,21 +111,34 @@ func newMesh(t *testing.T) *mesh {
 	}
 }`)
 
-	ca := testca.Start(t)
 	dir := t.TempDir()
-	cfgPath := filepath.Join(dir, "local.yaml")
-	tokenPath := filepath.Join(dir, "token")
-	for path, body := range map[string]string{cfgPath: meshConfig, tokenPath: "test-token"} {
+	write := func(name, body string) string {
+		path := filepath.Join(dir, name)
 		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
+		return path
 	}
+	tokenPath := write("token", "test-token")
 	bin := buildZtunnel(t)
-	start := func(ns, node string) (*exec.Cmd, *testenv.Buffer) {
+	start := func(ns, name string, n node) (*exec.Cmd, *testenv.Buffer) {
+		roots := ""
+		for _, ca := range append([]*testca.Server{n.ca}, n.roots...) {
+			b, err := os.ReadFile(ca.RootPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			roots += string(b)
+		}
+		config := n.config
+		if config == "" {
+			config = meshConfig
+		}
 		cmd := tp.Command(ns, bin)
 		cmd.Env = []string{
-			"LOCAL_XDS_PATH=" + cfgPath, "NODE_NAME=" + node, "CA_ADDRESS=" + ca.Address, "CA_SERVER_NAME=" + testca.ServerName,
-			"ROOT_CERT_PATH=" + ca.RootPath, "TOKEN_PATH=" + tokenPath, "LOG_LEVEL=debug", "DRAIN_DURATION=1s",
+			"LOCAL_XDS_PATH=" + write(name+".yaml", config), "NODE_NAME=" + name, "CA_ADDRESS=" + n.ca.Address,
+			"CA_SERVER_NAME=" + testca.ServerName, "ROOT_CERT_PATH=" + write(name+"-roots.pem", roots),
+			"TOKEN_PATH=" + tokenPath, "LOG_LEVEL=debug", "DRAIN_DURATION=1s",
 		}
 		log := &testenv.Buffer{}
 		cmd.Stdout, cmd.Stderr = log, log
@@ -123,13 +149,13 @@ func newMesh(t *testing.T) *mesh {
 			_ = cmd.Process.Signal(syscall.SIGTERM)
 			_ = cmd.Wait()
 			if t.Failed() {
-				t.Logf("ztunnel on %s:\n%s", node, log.String())
+				t.Logf("ztunnel on %s:\n%s", name, log.String())
 			}
 		})
 		return cmd, log
 	}
-	m.ztunnelA, m.logA = start(m.nodeA, "node-a")
-	m.ztunnelB, m.logB = start(m.nodeB, "node-b")
+	m.ztunnelA, m.logA = start(m.nodeA, "node-a", a)
+	m.ztunnelB, m.logB = start(m.nodeB, "node-b", b)
 	for _, ns := range []string{m.nodeA, m.nodeB} {
 		m.waitReady(t, ns)
 	}
