@@ -20,7 +20,7 @@ PKGS ?= ./...
 TEST_TIMEOUT ?= 30m
 KUBE_TOOLS := etcd kube-apiserver kube-controller-manager kube-scheduler kubectl
 
-.PHONY: setup tools build generate generate-check lint test demo cluster-up cluster-down bench clean
+.PHONY: setup tools build generate generate-check lint test demo cluster-up cluster-down bench bench-l4 clean
 
 ## setup: install system packages (apt) and build the pinned tools; idempotent
 setup:
@@ -60,6 +60,10 @@ test: setup
 ## bench: run every benchmark (each prints its own baseline ratios)
 bench: setup
 	$(GO) test -run '^$$' -bench . -benchtime 1x $(PKGS)
+
+## bench-l4: iperf3 and fortio through (a) direct TCP, (b) two ztunnels, (c) an stunnel pair; prints a table (root)
+bench-l4: setup
+	$(GO) test -v -count=1 -timeout 20m -run '^TestL4Benchmark$$' ./tests/netns/ -args -bench-l4
 
 ## cluster-up: start the local control plane and print `export KUBECONFIG=...`
 cluster-up:

@@ -1,0 +1,280 @@
+package netns
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"flag"
+	"fmt"
+	"math/big"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ambient-lite/ambient-lite/pkg/testenv"
+	"github.com/ambient-lite/ambient-lite/tests/cluster"
+)
+
+var benchL4 = flag.Bool("bench-l4", false, "run the L4 benchmark (make bench-l4) and print its table")
+
+// Ports of the three paths: direct (not captured), through two ztunnels (captured), and
+// through an stunnel mTLS pair on the nodes (not captured; the client dials node A's stunnel).
+const (
+	iperfMesh, iperfDirect, fortioMesh, fortioDirect = 5201, 5301, 8080, 8081
+	stunnelIperf, stunnelFortio                      = 5401, 8481
+)
+
+// TestL4Benchmark measures iperf3 single-stream throughput and fortio 1 KB HTTP latency at
+// 1000 qps for (a) direct pod-to-pod TCP, (b) two ztunnels, (c) an stunnel4 mTLS pair, plus
+// ztunnel CPU per 1000 requests and peak RSS. It asserts nothing about speed: it prints.
+func TestL4Benchmark(t *testing.T) {
+	if !*benchL4 {
+		t.Skip("benchmark: run with -bench-l4 (make bench-l4)")
+	}
+	for _, tool := range []string{"iperf3", "stunnel4"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			testenv.SkipOrFail(t, tool+" is not installed: run make setup")
+		}
+	}
+	fortio, err := exec.LookPath("fortio")
+	if err != nil {
+		testenv.SkipOrFail(t, "fortio is not on PATH: run make tools (make bench-l4 puts .bin on PATH)")
+	}
+	m := newMesh(t)
+	// The direct and stunnel ports bypass capture.
+	nft(t, m.tp, m.nodeA, fmt.Sprintf(`insert rule ip mesh prerouting iifname "vclient" tcp dport { %d, %d, %d, %d } accept`,
+		iperfDirect, fortioDirect, stunnelIperf, stunnelFortio))
+	nft(t, m.tp, m.nodeB, fmt.Sprintf(`insert rule ip mesh prerouting tcp dport { %d, %d, %d, %d } accept`,
+		iperfDirect, fortioDirect, stunnelIperf+1, stunnelFortio+1))
+
+	for _, port := range []int{iperfMesh, iperfDirect} {
+		m.background(t, m.server, "iperf3", "-s", "-B", "10.10.2.2", "-p", strconv.Itoa(port))
+	}
+	for _, port := range []int{fortioMesh, fortioDirect} {
+		m.background(t, m.server, fortio, "server", "-http-port", "10.10.2.2:"+strconv.Itoa(port), "-grpc-port", "disabled", "-redirect-port", "disabled")
+	}
+	m.stunnelPair(t)
+	time.Sleep(500 * time.Millisecond) // servers listening
+
+	type row struct {
+		name           string
+		gbps           float64
+		p50, p90, p99  float64 // ms
+		cpuPer1k, rssM float64
+	}
+	paths := []struct {
+		name          string
+		iperf, fortio string
+		ztunnels      bool
+	}{
+		{"(a) direct pod to pod", fmt.Sprintf("10.10.2.2:%d", iperfDirect), fmt.Sprintf("10.10.2.2:%d", fortioDirect), false},
+		{"(b) two ztunnels (HBONE)", fmt.Sprintf("10.10.2.2:%d", iperfMesh), fmt.Sprintf("10.10.2.2:%d", fortioMesh), true},
+		{"(c) stunnel4 mTLS pair", fmt.Sprintf("10.10.1.1:%d", stunnelIperf), fmt.Sprintf("10.10.1.1:%d", stunnelFortio), false},
+	}
+	var rows []row
+	for _, p := range paths {
+		r := row{name: p.name}
+		r.gbps = m.iperf(t, p.iperf)
+		cpuBefore := m.cpuSeconds(t)
+		var requests float64
+		r.p50, r.p90, r.p99, requests = m.fortio(t, fortio, p.fortio)
+		if p.ztunnels {
+			r.cpuPer1k = (m.cpuSeconds(t) - cpuBefore) / (requests / 1000)
+			r.rssM = m.peakRSSMiB(t)
+		}
+		rows = append(rows, r)
+	}
+
+	direct, stunnel := rows[0], rows[2]
+	fmt.Printf("\nL4 benchmark (netns pods on two nodes, 2 cores shared by load generator and proxies)\n")
+	fmt.Printf("%-26s %12s %9s %9s %9s %16s %12s   %s\n", "path", "iperf3 Gb/s", "p50 ms", "p90 ms", "p99 ms", "ztunnel CPU s/1k", "peak RSS MiB", "ratios")
+	for i, r := range rows {
+		ratio := ""
+		switch i {
+		case 1:
+			ratio = fmt.Sprintf("thr %.2fx direct, %.2fx stunnel; p99 %+.3f ms vs direct", r.gbps/direct.gbps, r.gbps/stunnel.gbps, r.p99-direct.p99)
+		case 2:
+			ratio = fmt.Sprintf("thr %.2fx direct; p99 %+.3f ms vs direct", r.gbps/direct.gbps, r.p99-direct.p99)
+		}
+		cpu, rss := "-", "-"
+		if r.cpuPer1k > 0 {
+			cpu, rss = fmt.Sprintf("%.4f", r.cpuPer1k), fmt.Sprintf("%.1f", r.rssM)
+		}
+		fmt.Printf("%-26s %12.2f %9.3f %9.3f %9.3f %16s %12s   %s\n", r.name, r.gbps, r.p50, r.p90, r.p99, cpu, rss, ratio)
+	}
+	fmt.Printf("targets: throughput ≥ 0.5x direct and ≥ 1.2x stunnel; added p99 ≤ 0.2 ms; ≤ 0.05 vCPU per 1000 rps per ztunnel (= 0.05 CPU s per 1000 requests for both); RSS ≤ 20 MB\n\n")
+}
+
+// background runs a server inside ns until the test ends.
+func (m *mesh) background(t *testing.T, ns, name string, args ...string) {
+	t.Helper()
+	cmd := m.tp.Command(ns, name, args...)
+	out := &testenv.Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cluster.StartChild(cmd); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("%s output:\n%s", name, out.String())
+		}
+	})
+}
+
+// iperf runs a 10 s single-stream iperf3 from the client pod and returns Gbit/s received.
+func (m *mesh) iperf(t *testing.T, addr string) float64 {
+	t.Helper()
+	host, port, _ := strings.Cut(addr, ":")
+	out, err := m.tp.Command(m.client, "iperf3", "-c", host, "-p", port, "-t", "10", "-J").Output()
+	if err != nil {
+		t.Fatalf("iperf3 to %s: %v\n%s", addr, err, out)
+	}
+	var res struct {
+		End struct {
+			SumReceived struct{ BitsPerSecond float64 `json:"bits_per_second"` } `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("iperf3 JSON: %v", err)
+	}
+	return res.End.SumReceived.BitsPerSecond / 1e9
+}
+
+// fortio runs 1 KB HTTP at 1000 qps for 10 s over 4 connections and returns p50/p90/p99 in
+// ms and the number of requests.
+func (m *mesh) fortio(t *testing.T, fortio, addr string) (p50, p90, p99, n float64) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "fortio.json")
+	out, err := m.tp.Command(m.client, fortio, "load", "-qps", "1000", "-t", "10s", "-c", "4", "-payload-size", "1024",
+		"-p", "50,90,99", "-json", path, "-quiet", "http://"+addr+"/echo").CombinedOutput()
+	if err != nil {
+		t.Fatalf("fortio to %s: %v\n%s", addr, err, out)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res struct {
+		DurationHistogram struct {
+			Count       float64
+			Percentiles []struct{ Percentile, Value float64 }
+		}
+		RetCodes map[string]float64
+	}
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatalf("fortio JSON: %v", err)
+	}
+	if res.RetCodes["200"] != res.DurationHistogram.Count {
+		t.Fatalf("fortio to %s: return codes %v for %v requests", addr, res.RetCodes, res.DurationHistogram.Count)
+	}
+	ms := map[float64]float64{}
+	for _, p := range res.DurationHistogram.Percentiles {
+		ms[p.Percentile] = p.Value * 1000
+	}
+	return ms[50], ms[90], ms[99], res.DurationHistogram.Count
+}
+
+// cpuSeconds is the user+system CPU both ztunnels have used.
+func (m *mesh) cpuSeconds(t *testing.T) float64 {
+	t.Helper()
+	var total float64
+	for _, pid := range []int{m.ztunnelA.Process.Pid, m.ztunnelB.Process.Pid} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		utime, _ := strconv.ParseFloat(f[11], 64) // field 14
+		stime, _ := strconv.ParseFloat(f[12], 64) // field 15
+		total += (utime + stime) / 100            // USER_HZ
+	}
+	return total
+}
+
+// peakRSSMiB is the larger of the two ztunnels' peak resident set (VmHWM).
+func (m *mesh) peakRSSMiB(t *testing.T) float64 {
+	t.Helper()
+	var peak float64
+	for _, pid := range []int{m.ztunnelA.Process.Pid, m.ztunnelB.Process.Pid} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+				kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+				peak = max(peak, kb/1024)
+			}
+		}
+	}
+	return peak
+}
+
+// stunnelPair runs stunnel4 on both nodes: node A accepts plaintext from the client pod and
+// originates mTLS to node B, which verifies the client and connects to the server pod.
+func (m *mesh) stunnelPair(t *testing.T) {
+	t.Helper()
+	dir := t.TempDir()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "bench-ca"}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	writePEM := func(name, typ string, der []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	caPath := writePEM("ca.pem", "CERTIFICATE", caDER)
+	leaf := func(name string, serial int64) (string, string) {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}, ca, key.Public(), caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
+		return writePEM(name+".pem", "CERTIFICATE", der), writePEM(name+".key", "PRIVATE KEY", keyDER)
+	}
+	certA, keyA := leaf("node-a", 2)
+	certB, keyB := leaf("node-b", 3)
+	conf := func(name string, client bool, cert, key string, services [][2]string) string {
+		var b strings.Builder
+		fmt.Fprintf(&b, "foreground = yes\npid =\nsyslog = no\ndebug = 3\n")
+		for i, s := range services {
+			fmt.Fprintf(&b, "[s%d]\nclient = %v\naccept = %s\nconnect = %s\ncert = %s\nkey = %s\nCAfile = %s\nverifyChain = yes\nsslVersionMin = TLSv1.3\n",
+				i, map[bool]string{true: "yes", false: "no"}[client], s[0], s[1], cert, key, caPath)
+		}
+		p := filepath.Join(dir, name+".conf")
+		if err := os.WriteFile(p, []byte(b.String()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	m.background(t, m.nodeB, "stunnel4", conf("b", false, certB, keyB, [][2]string{
+		{fmt.Sprintf("10.0.0.2:%d", stunnelIperf+1), fmt.Sprintf("10.10.2.2:%d", iperfMesh)},
+		{fmt.Sprintf("10.0.0.2:%d", stunnelFortio+1), fmt.Sprintf("10.10.2.2:%d", fortioMesh)},
+	}))
+	m.background(t, m.nodeA, "stunnel4", conf("a", true, certA, keyA, [][2]string{
+		{fmt.Sprintf("10.10.1.1:%d", stunnelIperf), fmt.Sprintf("10.0.0.2:%d", stunnelIperf+1)},
+		{fmt.Sprintf("10.10.1.1:%d", stunnelFortio), fmt.Sprintf("10.0.0.2:%d", stunnelFortio+1)},
+	}))
+}
