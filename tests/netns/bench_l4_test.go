@@ -142,7 +142,9 @@ func (m *mesh) iperf(t *testing.T, addr string) float64 {
 	}
 	var res struct {
 		End struct {
-			SumReceived struct{ BitsPerSecond float64 `json:"bits_per_second"` } `json:"sum_received"`
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
 		} `json:"end"`
 	}
 	if err := json.Unmarshal(out, &res); err != nil {
