@@ -10,12 +10,15 @@ import (
 	"encoding/pem"
 	"flag"
 	"fmt"
+	"io"
 	"math/big"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,7 +27,10 @@ import (
 	"github.com/ambient-lite/ambient-lite/tests/cluster"
 )
 
-var benchL4 = flag.Bool("bench-l4", false, "run the L4 benchmark (make bench-l4) and print its table")
+var (
+	benchL4        = flag.Bool("bench-l4", false, "run the L4 benchmark (make bench-l4) and print its table")
+	benchL4Profile = flag.String("bench-l4-profile", "", "write CPU profiles of both ztunnels during the mesh fortio run to this directory")
+)
 
 // Ports of the three paths: direct (not captured), through two ztunnels (captured), and
 // through an stunnel mTLS pair on the nodes (not captured; the client dials node A's stunnel).
@@ -86,9 +92,31 @@ func TestL4Benchmark(t *testing.T) {
 		r.gbps = m.iperf(t, p.iperf)
 		cpuBefore := m.cpuSeconds(t)
 		var requests float64
+		var profiling sync.WaitGroup
+		if p.ztunnels && *benchL4Profile != "" {
+			for _, z := range []struct{ name, ns string }{{"ztunnel-a", m.nodeA}, {"ztunnel-b", m.nodeB}} {
+				profiling.Add(1)
+				go func() {
+					defer profiling.Done()
+					client := &http.Client{Transport: &http.Transport{DialContext: m.tp.DialContext(z.ns)}}
+					resp, err := client.Get("http://127.0.0.1:15000/debug/pprof/profile?seconds=8")
+					if err != nil {
+						t.Errorf("profiling %s: %v", z.name, err)
+						return
+					}
+					defer resp.Body.Close()
+					b, _ := io.ReadAll(resp.Body)
+					if err := os.WriteFile(filepath.Join(*benchL4Profile, z.name+".pprof"), b, 0o644); err != nil {
+						t.Error(err)
+					}
+				}()
+			}
+		}
 		r.p50, r.p90, r.p99, requests = m.fortio(t, fortio, p.fortio)
+		profiling.Wait()
 		if p.ztunnels {
-			r.cpuPer1k = (m.cpuSeconds(t) - cpuBefore) / (requests / 1000)
+			// CPU seconds per 1000 requests equals vCPU per 1000 rps; averaged over the two ztunnels.
+			r.cpuPer1k = (m.cpuSeconds(t) - cpuBefore) / (requests / 1000) / 2
 			r.rssM = m.peakRSSMiB(t)
 		}
 		rows = append(rows, r)
@@ -96,7 +124,7 @@ func TestL4Benchmark(t *testing.T) {
 
 	direct, stunnel := rows[0], rows[2]
 	fmt.Printf("\nL4 benchmark (netns pods on two nodes, 2 cores shared by load generator and proxies)\n")
-	fmt.Printf("%-26s %12s %9s %9s %9s %16s %12s   %s\n", "path", "iperf3 Gb/s", "p50 ms", "p90 ms", "p99 ms", "ztunnel CPU s/1k", "peak RSS MiB", "ratios")
+	fmt.Printf("%-26s %12s %9s %9s %9s %16s %12s   %s\n", "path", "iperf3 Gb/s", "p50 ms", "p90 ms", "p99 ms", "vCPU/1k rps each", "peak RSS MiB", "ratios")
 	for i, r := range rows {
 		ratio := ""
 		switch i {
@@ -111,7 +139,7 @@ func TestL4Benchmark(t *testing.T) {
 		}
 		fmt.Printf("%-26s %12.2f %9.3f %9.3f %9.3f %16s %12s   %s\n", r.name, r.gbps, r.p50, r.p90, r.p99, cpu, rss, ratio)
 	}
-	fmt.Printf("targets: throughput ≥ 0.5x direct and ≥ 1.2x stunnel; added p99 ≤ 0.2 ms; ≤ 0.05 vCPU per 1000 rps per ztunnel (= 0.05 CPU s per 1000 requests for both); RSS ≤ 20 MB\n\n")
+	fmt.Printf("targets: throughput ≥ 0.5x direct and ≥ 1.2x stunnel; added p99 ≤ 0.2 ms; ≤ 0.05 vCPU per 1000 rps per ztunnel; RSS ≤ 20 MB (the larger ztunnel's VmHWM)\n\n")
 }
 
 // background runs a server inside ns until the test ends.
