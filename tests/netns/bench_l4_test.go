@@ -19,12 +19,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ambient-lite/ambient-lite/pkg/testenv"
-	"github.com/ambient-lite/ambient-lite/tests/cluster"
 )
 
 var (
@@ -145,19 +143,7 @@ func TestL4Benchmark(t *testing.T) {
 // background runs a server inside ns until the test ends.
 func (m *mesh) background(t *testing.T, ns, name string, args ...string) {
 	t.Helper()
-	cmd := m.tp.Command(ns, name, args...)
-	out := &testenv.Buffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cluster.StartChild(cmd); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("%s output:\n%s", name, out.String())
-		}
-	})
+	startIn(t, m.tp, ns, name, nil, name, args...)
 }
 
 // iperf runs a 10 s single-stream iperf3 from the client pod and returns Gbit/s received.

@@ -18,29 +18,10 @@ import (
 // countServer reads each connection to EOF and answers with the byte count (8 bytes).
 func countServer(t *testing.T, tp *Topology, ns, addr string) {
 	t.Helper()
-	var l net.Listener
-	if err := tp.Do(ns, func() (err error) { l, err = net.Listen("tcp", addr); return err }); err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				n, _ := io.Copy(io.Discard, c)
-				_ = binary.Write(c, binary.BigEndian, n)
-			}()
-		}
-	}()
+	tcpServer(t, tp, ns, addr, func(c net.Conn) {
+		n, _ := io.Copy(io.Discard, c)
+		_ = binary.Write(c, binary.BigEndian, n)
+	})
 }
 
 // usage is a ztunnel process's goroutines (from its admin server) and open descriptors.

@@ -134,25 +134,11 @@ func newMeshWith(t *testing.T, a, b node) *mesh {
 		if config == "" {
 			config = meshConfig
 		}
-		cmd := tp.Command(ns, bin)
-		cmd.Env = []string{
+		return startIn(t, tp, ns, "ztunnel on "+name, []string{
 			"LOCAL_XDS_PATH=" + write(name+".yaml", config), "NODE_NAME=" + name, "CA_ADDRESS=" + n.ca.Address,
 			"CA_SERVER_NAME=" + testca.ServerName, "ROOT_CERT_PATH=" + write(name+"-roots.pem", roots),
 			"TOKEN_PATH=" + tokenPath, "LOG_LEVEL=debug", "DRAIN_DURATION=1s",
-		}
-		log := &testenv.Buffer{}
-		cmd.Stdout, cmd.Stderr = log, log
-		if err := cluster.StartChild(cmd); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			_ = cmd.Wait()
-			if t.Failed() {
-				t.Logf("ztunnel on %s:\n%s", name, log.String())
-			}
-		})
-		return cmd, log
+		}, bin)
 	}
 	m.ztunnelA, m.logA = start(m.nodeA, "node-a", a)
 	m.ztunnelB, m.logB = start(m.nodeB, "node-b", b)
@@ -160,6 +146,27 @@ func newMeshWith(t *testing.T, a, b node) *mesh {
 		m.waitReady(t, ns)
 	}
 	return m
+}
+
+// startIn runs a command inside ns until the test ends (SIGTERM, then wait), with env as
+// its whole environment when not nil; its output is logged if the test failed.
+func startIn(t *testing.T, tp *Topology, ns, what string, env []string, name string, args ...string) (*exec.Cmd, *testenv.Buffer) {
+	t.Helper()
+	cmd := tp.Command(ns, name, args...)
+	cmd.Env = env
+	out := &testenv.Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cluster.StartChild(cmd); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("%s:\n%s", what, out.String())
+		}
+	})
+	return cmd, out
 }
 
 // waitReady polls ztunnel's readiness endpoint inside ns.
@@ -198,6 +205,13 @@ func (m *mesh) get(t *testing.T, ns, url string) string {
 // echoServer serves an echo on addr inside ns until the test ends.
 func echoServer(t *testing.T, tp *Topology, ns, addr string) {
 	t.Helper()
+	tcpServer(t, tp, ns, addr, func(c net.Conn) { _, _ = io.Copy(c, c) })
+}
+
+// tcpServer listens on addr inside ns and runs handle for each connection (closing it
+// afterwards) until the test ends.
+func tcpServer(t *testing.T, tp *Topology, ns, addr string, handle func(net.Conn)) {
+	t.Helper()
 	var l net.Listener
 	if err := tp.Do(ns, func() (err error) { l, err = net.Listen("tcp", addr); return err }); err != nil {
 		t.Fatal(err)
@@ -216,7 +230,7 @@ func echoServer(t *testing.T, tp *Topology, ns, addr string) {
 			go func() {
 				defer wg.Done()
 				defer c.Close()
-				_, _ = io.Copy(c, c)
+				handle(c)
 			}()
 		}
 	}()
