@@ -43,6 +43,7 @@ type env struct {
 
 type envOptions struct {
 	serverID string // identity the server presents; serverID if empty
+	listen   string // server address; "127.0.0.1:0" if empty
 }
 
 func newEnv(t testing.TB, opts envOptions) *env {
@@ -69,7 +70,7 @@ func newEnv(t testing.TB, opts envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := listen(t)
+	ln := listenOn(t, cmpOr(opts.listen, "127.0.0.1:0"))
 	e.ln = &countingListener{Listener: ln}
 	e.addr = ln.Addr().(*net.TCPAddr).AddrPort()
 	served := make(chan error, 1)
@@ -144,9 +145,11 @@ func dialTarget(ctx context.Context, req *Request) (net.Conn, error) {
 	return c, nil
 }
 
-func listen(t testing.TB) net.Listener {
+func listen(t testing.TB) net.Listener { t.Helper(); return listenOn(t, "127.0.0.1:0") }
+
+func listenOn(t testing.TB, addr string) net.Listener {
 	t.Helper()
-	ln, err := new(net.ListenConfig).Listen(context.Background(), "tcp", "127.0.0.1:0")
+	ln, err := new(net.ListenConfig).Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +187,12 @@ func (c *countedConn) Close() error {
 // upstream runs a TCP server calling serve for every connection, until the test ends.
 func upstream(t testing.TB, serve func(c *net.TCPConn)) netip.AddrPort {
 	t.Helper()
-	ln := listen(t)
+	return upstreamOn(t, "127.0.0.1:0", serve)
+}
+
+func upstreamOn(t testing.TB, addr string, serve func(c *net.TCPConn)) netip.AddrPort {
+	t.Helper()
+	ln := listenOn(t, addr)
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex

@@ -81,6 +81,33 @@ func TestEcho(t *testing.T) {
 	}
 }
 
+func TestEchoIPv6(t *testing.T) {
+	e := newEnv(t, envOptions{listen: "[::1]:0"})
+	var seen *Request
+	e.setHandler(func(ctx context.Context, req *Request) (net.Conn, error) {
+		seen = req
+		return dialTarget(ctx, req)
+	})
+	target := upstreamOn(t, "[::1]:0", echo)
+	d := newDialer(t, DialerOptions{})
+	req := e.request(target)
+	req.Key.SourceIP = netip.IPv6Loopback()
+	req.Source = netip.MustParseAddrPort("[fd00::7]:1")
+	s, err := d.Dial(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.Write([]byte("v6"))
+	s.CloseWrite()
+	if got, err := io.ReadAll(s); err != nil || string(got) != "v6" {
+		t.Fatalf("echo %q, %v", got, err)
+	}
+	if seen.Target != target || seen.RemoteAddr.Addr() != netip.IPv6Loopback() || seen.Header.Get("Forwarded") != `for="[fd00::7]:1"` {
+		t.Errorf("handler saw target %v (want %v) from %v, forwarded %q", seen.Target, target, seen.RemoteAddr, seen.Header.Get("Forwarded"))
+	}
+}
+
 func TestStatusMapping(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	d := newDialer(t, DialerOptions{})
@@ -410,6 +437,10 @@ func TestUpstreamResetReachesClient(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	d := newDialer(t, DialerOptions{})
 	target := upstream(t, func(c *net.TCPConn) {
+		// Wait for the client, or the reset could beat the server's connect.
+		if _, err := c.Read(make([]byte, 1)); err != nil {
+			return
+		}
 		c.Write([]byte("partial"))
 		c.SetLinger(0) // RST instead of FIN
 	})
@@ -418,6 +449,7 @@ func TestUpstreamResetReachesClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	s.Write([]byte("go"))
 	_, err = io.ReadAll(s)
 	if err == nil {
 		t.Fatal("upstream reset read as a clean EOF")
@@ -512,5 +544,33 @@ func TestDeadlines(t *testing.T) {
 		if err != nil {
 			t.Fatalf("read back %d of %d: %v", got, written, err)
 		}
+	}
+}
+
+func TestDialHookBindsSource(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	var seen atomic.Pointer[Request]
+	e.setHandler(func(ctx context.Context, req *Request) (net.Conn, error) {
+		seen.Store(req)
+		return dialTarget(ctx, req)
+	})
+	var hookKey atomic.Pointer[PoolKey]
+	d := newDialer(t, DialerOptions{DialContext: func(ctx context.Context, key PoolKey, addr netip.AddrPort) (net.Conn, error) {
+		hookKey.Store(&key)
+		nd := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(key.SourceIP, 0))}
+		return nd.DialContext(ctx, "tcp", addr.String())
+	}})
+	req := e.request(upstream(t, echo))
+	req.Key.SourceIP = netip.MustParseAddr("127.0.0.2")
+	s, err := d.Dial(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if *hookKey.Load() != req.Key {
+		t.Errorf("hook got key %+v, want %+v", *hookKey.Load(), req.Key)
+	}
+	if got := seen.Load().RemoteAddr.Addr(); got != req.Key.SourceIP {
+		t.Errorf("server saw the stream from %v, want the bound %v", got, req.Key.SourceIP)
 	}
 }

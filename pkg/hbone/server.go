@@ -55,8 +55,9 @@ type ServerOptions struct {
 	TLS *tls.Config
 	// Handler decides each CONNECT. Required.
 	Handler Handler
-	// OnDone, if set, is called once per stream the server answered (also for streams
-	// refused before reaching Handler, whose Request then lacks a Target), after it ended.
+	// OnDone, if set, is called once per stream after it ended, whatever its status (also
+	// for streams refused before reaching Handler, whose Request then lacks a Target), except
+	// streams refused with 503 because the server is closing.
 	OnDone func(req *Request, stats Stats)
 	// HandshakeTimeout bounds the TLS handshake. If zero, 10 s.
 	HandshakeTimeout time.Duration
