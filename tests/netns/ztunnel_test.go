@@ -67,6 +67,7 @@ type node struct {
 	ca     *testca.Server
 	roots  []*testca.Server // trusted in addition to ca's root
 	config string           // local config; meshConfig if empty
+	drain  string           // DRAIN_DURATION; 1s if empty
 }
 
 func newMesh(t *testing.T) *mesh {
@@ -130,14 +131,17 @@ func newMeshWith(t *testing.T, a, b node) *mesh {
 			}
 			roots += string(b)
 		}
-		config := n.config
+		config, drain := n.config, n.drain
 		if config == "" {
 			config = meshConfig
+		}
+		if drain == "" {
+			drain = "1s"
 		}
 		return startIn(t, tp, ns, "ztunnel on "+name, []string{
 			"LOCAL_XDS_PATH=" + write(name+".yaml", config), "NODE_NAME=" + name, "CA_ADDRESS=" + n.ca.Address,
 			"CA_SERVER_NAME=" + testca.ServerName, "ROOT_CERT_PATH=" + write(name+"-roots.pem", roots),
-			"TOKEN_PATH=" + tokenPath, "LOG_LEVEL=debug", "DRAIN_DURATION=1s",
+			"TOKEN_PATH=" + tokenPath, "LOG_LEVEL=debug", "DRAIN_DURATION=" + drain,
 		}, bin)
 	}
 	m.ztunnelA, m.logA = start(m.nodeA, "node-a", a)

@@ -145,7 +145,7 @@ func (p *Proxy) handleOutbound(c net.Conn, self netip.AddrPort) {
 	ctx, cancel := p.dialTimeout()
 	defer cancel()
 	if r.Kind == state.HBONE {
-		up, err = p.dialHBONE(ctx, d.Source.Identity, src, r)
+		up, err = p.dialHBONE(ctx, d.Source, src, r)
 	} else {
 		up, err = p.opts.Upstream.Dial(ctx, r.Target)
 	}
@@ -163,7 +163,8 @@ func (p *Proxy) handleOutbound(c net.Conn, self netip.AddrPort) {
 	_, _, _ = Pipe(c, up, rec.Received, rec.Sent)
 }
 
-func (p *Proxy) dialHBONE(ctx context.Context, src identity.ID, srcAddr netip.AddrPort, r state.Route) (net.Conn, error) {
+func (p *Proxy) dialHBONE(ctx context.Context, srcW *state.Workload, srcAddr netip.AddrPort, r state.Route) (net.Conn, error) {
+	src := srcW.Identity
 	cfg, err := mtls.ClientConfig(p.opts.Certs.GetClientCertificateFunc(src), p.opts.Roots, r.Identities...)
 	if err != nil {
 		return nil, err
@@ -173,7 +174,7 @@ func (p *Proxy) dialHBONE(ctx context.Context, src identity.ID, srcAddr netip.Ad
 			Source: src, Destinations: hbone.IdentitySet(r.Identities...),
 			SourceIP: srcAddr.Addr(), DestinationIP: r.Dial.Addr(),
 		},
-		Address: r.Dial, Target: r.Target, TLS: cfg, Source: srcAddr,
+		Address: r.Dial, Target: r.Target, TLS: cfg, Source: srcAddr, Baggage: baggage(srcW),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dialing %s via hbone at %s: %w", r.Target, r.Dial, err)
