@@ -63,7 +63,7 @@ bench: setup
 
 ## bench-l4: iperf3 and fortio through (a) direct TCP, (b) two ztunnels, (c) an stunnel pair; prints a table (root)
 bench-l4: setup
-	$(GO) test -v -count=1 -timeout 20m -run '^TestL4Benchmark$$' ./tests/netns/ -args -bench-l4
+	$(GO) test -count=1 -timeout 20m -run '^$$' -bench '^BenchmarkL4$$' -benchtime 1x ./tests/netns/
 
 ## cluster-up: start the local control plane and print `export KUBECONFIG=...`
 cluster-up:

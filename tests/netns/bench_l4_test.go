@@ -25,10 +25,7 @@ import (
 	"github.com/ambient-lite/ambient-lite/pkg/testenv"
 )
 
-var (
-	benchL4        = flag.Bool("bench-l4", false, "run the L4 benchmark (make bench-l4) and print its table")
-	benchL4Profile = flag.String("bench-l4-profile", "", "write CPU profiles of both ztunnels during the mesh fortio run to this directory")
-)
+var benchL4Profile = flag.String("bench-l4-profile", "", "write CPU profiles of both ztunnels during the mesh fortio run to this directory")
 
 // Ports of the three paths: direct (not captured), through two ztunnels (captured), and
 // through an stunnel mTLS pair on the nodes (not captured; the client dials node A's stunnel).
@@ -37,13 +34,12 @@ const (
 	stunnelIperf, stunnelFortio                      = 5401, 8481
 )
 
-// TestL4Benchmark measures iperf3 single-stream throughput and fortio 1 KB HTTP latency at
+// BenchmarkL4 measures iperf3 single-stream throughput and fortio 1 KB HTTP latency at
 // 1000 qps for (a) direct pod-to-pod TCP, (b) two ztunnels, (c) an stunnel4 mTLS pair, plus
-// ztunnel CPU per 1000 requests and peak RSS. It asserts nothing about speed: it prints.
-func TestL4Benchmark(t *testing.T) {
-	if !*benchL4 {
-		t.Skip("benchmark: run with -bench-l4 (make bench-l4)")
-	}
+// ztunnel CPU per 1000 requests and peak RSS. It asserts nothing about speed: it prints a
+// table. One iteration is the whole run: use -benchtime 1x (make bench-l4).
+func BenchmarkL4(b *testing.B) {
+	var t testing.TB = b
 	for _, tool := range []string{"iperf3", "stunnel4"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			testenv.SkipOrFail(t, tool+" is not installed: run make setup")
@@ -141,13 +137,13 @@ func TestL4Benchmark(t *testing.T) {
 }
 
 // background runs a server inside ns until the test ends.
-func (m *mesh) background(t *testing.T, ns, name string, args ...string) {
+func (m *mesh) background(t testing.TB, ns, name string, args ...string) {
 	t.Helper()
 	startIn(t, m.tp, ns, name, nil, name, args...)
 }
 
 // iperf runs a 10 s single-stream iperf3 from the client pod and returns Gbit/s received.
-func (m *mesh) iperf(t *testing.T, addr string) float64 {
+func (m *mesh) iperf(t testing.TB, addr string) float64 {
 	t.Helper()
 	host, port, _ := strings.Cut(addr, ":")
 	out, err := m.tp.Command(m.client, "iperf3", "-c", host, "-p", port, "-t", "10", "-J").Output()
@@ -169,7 +165,7 @@ func (m *mesh) iperf(t *testing.T, addr string) float64 {
 
 // fortio runs 1 KB HTTP at 1000 qps for 10 s over 4 connections and returns p50/p90/p99 in
 // ms and the number of requests.
-func (m *mesh) fortio(t *testing.T, fortio, addr string) (p50, p90, p99, n float64) {
+func (m *mesh) fortio(t testing.TB, fortio, addr string) (p50, p90, p99, n float64) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "fortio.json")
 	out, err := m.tp.Command(m.client, fortio, "load", "-qps", "1000", "-t", "10s", "-c", "4", "-payload-size", "1024",
@@ -202,7 +198,7 @@ func (m *mesh) fortio(t *testing.T, fortio, addr string) (p50, p90, p99, n float
 }
 
 // cpuSeconds is the user+system CPU both ztunnels have used.
-func (m *mesh) cpuSeconds(t *testing.T) float64 {
+func (m *mesh) cpuSeconds(t testing.TB) float64 {
 	t.Helper()
 	var total float64
 	for _, pid := range []int{m.ztunnelA.Process.Pid, m.ztunnelB.Process.Pid} {
@@ -220,7 +216,7 @@ func (m *mesh) cpuSeconds(t *testing.T) float64 {
 }
 
 // peakRSSMiB is the larger of the two ztunnels' peak resident set (VmHWM).
-func (m *mesh) peakRSSMiB(t *testing.T) float64 {
+func (m *mesh) peakRSSMiB(t testing.TB) float64 {
 	t.Helper()
 	var peak float64
 	for _, pid := range []int{m.ztunnelA.Process.Pid, m.ztunnelB.Process.Pid} {
@@ -240,7 +236,7 @@ func (m *mesh) peakRSSMiB(t *testing.T) float64 {
 
 // stunnelPair runs stunnel4 on both nodes: node A accepts plaintext from the client pod and
 // originates mTLS to node B, which verifies the client and connects to the server pod.
-func (m *mesh) stunnelPair(t *testing.T) {
+func (m *mesh) stunnelPair(t testing.TB) {
 	t.Helper()
 	dir := t.TempDir()
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

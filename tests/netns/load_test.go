@@ -16,7 +16,7 @@ import (
 )
 
 // countServer reads each connection to EOF and answers with the byte count (8 bytes).
-func countServer(t *testing.T, tp *Topology, ns, addr string) {
+func countServer(t testing.TB, tp *Topology, ns, addr string) {
 	t.Helper()
 	tcpServer(t, tp, ns, addr, func(c net.Conn) {
 		n, _ := io.Copy(io.Discard, c)
@@ -27,7 +27,7 @@ func countServer(t *testing.T, tp *Topology, ns, addr string) {
 // usage is a ztunnel process's goroutines (from its admin server) and open descriptors.
 type usage struct{ goroutines, fds int }
 
-func (m *mesh) usage(t *testing.T, ns string, pid int) usage {
+func (m *mesh) usage(t testing.TB, ns string, pid int) usage {
 	t.Helper()
 	body := m.get(t, ns, "http://127.0.0.1:15000/debug/pprof/goroutine?debug=1")
 	line, _, _ := strings.Cut(body, "\n")

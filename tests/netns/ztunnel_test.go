@@ -70,13 +70,13 @@ type node struct {
 	drain  string           // DRAIN_DURATION; 1s if empty
 }
 
-func newMesh(t *testing.T) *mesh {
+func newMesh(t testing.TB) *mesh {
 	t.Helper()
 	ca := testca.Start(t)
 	return newMeshWith(t, node{ca: ca}, node{ca: ca})
 }
 
-func newMeshWith(t *testing.T, a, b node) *mesh {
+func newMeshWith(t testing.TB, a, b node) *mesh {
 	t.Helper()
 	tp := New(t)
 	for _, tool := range []string{"nft", "tcpdump"} {
@@ -154,7 +154,7 @@ func newMeshWith(t *testing.T, a, b node) *mesh {
 
 // startIn runs a command inside ns until the test ends (SIGTERM, then wait), with env as
 // its whole environment when not nil; its output is logged if the test failed.
-func startIn(t *testing.T, tp *Topology, ns, what string, env []string, name string, args ...string) (*exec.Cmd, *testenv.Buffer) {
+func startIn(t testing.TB, tp *Topology, ns, what string, env []string, name string, args ...string) (*exec.Cmd, *testenv.Buffer) {
 	t.Helper()
 	cmd := tp.Command(ns, name, args...)
 	cmd.Env = env
@@ -174,7 +174,7 @@ func startIn(t *testing.T, tp *Topology, ns, what string, env []string, name str
 }
 
 // waitReady polls ztunnel's readiness endpoint inside ns.
-func (m *mesh) waitReady(t *testing.T, ns string) {
+func (m *mesh) waitReady(t testing.TB, ns string) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
@@ -192,7 +192,7 @@ func (m *mesh) waitReady(t *testing.T, ns string) {
 }
 
 // get fetches a URL from inside ns.
-func (m *mesh) get(t *testing.T, ns, url string) string {
+func (m *mesh) get(t testing.TB, ns, url string) string {
 	t.Helper()
 	resp, err := m.tp.HTTPClient(ns).Get(url)
 	if err != nil {
@@ -207,14 +207,14 @@ func (m *mesh) get(t *testing.T, ns, url string) string {
 }
 
 // echoServer serves an echo on addr inside ns until the test ends.
-func echoServer(t *testing.T, tp *Topology, ns, addr string) {
+func echoServer(t testing.TB, tp *Topology, ns, addr string) {
 	t.Helper()
 	tcpServer(t, tp, ns, addr, func(c net.Conn) { _, _ = io.Copy(c, c) })
 }
 
 // tcpServer listens on addr inside ns and runs handle for each connection (closing it
 // afterwards) until the test ends.
-func tcpServer(t *testing.T, tp *Topology, ns, addr string, handle func(net.Conn)) {
+func tcpServer(t testing.TB, tp *Topology, ns, addr string, handle func(net.Conn)) {
 	t.Helper()
 	var l net.Listener
 	if err := tp.Do(ns, func() (err error) { l, err = net.Listen("tcp", addr); return err }); err != nil {
@@ -298,7 +298,7 @@ func TestPodToPodOverHBONE(t *testing.T) {
 }
 
 // roundTrip sends payload from the client pod to dst and returns the echo.
-func (m *mesh) roundTrip(t *testing.T, dst, payload string) string {
+func (m *mesh) roundTrip(t testing.TB, dst, payload string) string {
 	t.Helper()
 	var got []byte
 	err := m.tp.Do(m.client, func() error {
@@ -321,7 +321,7 @@ func (m *mesh) roundTrip(t *testing.T, dst, payload string) string {
 	return string(got)
 }
 
-func nft(t *testing.T, tp *Topology, ns, rules string) {
+func nft(t testing.TB, tp *Topology, ns, rules string) {
 	t.Helper()
 	cmd := tp.Command(ns, "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(rules)
@@ -330,7 +330,7 @@ func nft(t *testing.T, tp *Topology, ns, rules string) {
 	}
 }
 
-func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for !cond() {
@@ -363,7 +363,7 @@ var ztunnelBin struct {
 }
 
 // buildZtunnel builds the ztunnel binary once per test binary.
-func buildZtunnel(t *testing.T) string {
+func buildZtunnel(t testing.TB) string {
 	t.Helper()
 	ztunnelBin.once.Do(func() {
 		root, err := testenv.RepoRoot()
