@@ -156,11 +156,11 @@ func loadLocal(store *state.Store, path string) error {
 	if err != nil {
 		return fmt.Errorf("reading local config: %w", err)
 	}
-	addrs, err := localconfig.Parse(b)
+	cfg, err := localconfig.Parse(b)
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	if err := store.Apply(addrs, nil); err != nil {
+	if err := store.Apply(cfg.Addresses, nil); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil

@@ -11,10 +11,11 @@ func TestParse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addrs, err := Parse(b)
+	cfg, err := Parse(b)
 	if err != nil {
 		t.Fatal(err)
 	}
+	addrs := cfg.Addresses
 	if len(addrs) != 6 {
 		t.Fatalf("parsed %d addresses, want 4 workloads + 2 services", len(addrs))
 	}
@@ -40,10 +41,42 @@ func TestParseErrors(t *testing.T) {
 		"bad enum":      {"workloads: [{uid: a, tunnelProtocol: GRE}]", "GRE"},
 		"bad svc addr":  {"services: [{hostname: h, addresses: [{address: nope}]}]", "services[0] (h): addresses[0]"},
 		"not yaml":      {"workloads: [", "parsing local config"},
+		"bad CIDR":      {"policies: [{name: p, namespace: ns1, groups: [{rules: [{matches: [{sourceIps: [10.0.0.0/99]}]}]}]}]", "policies[0] (ns1/p): sourceIps[0]"},
+		"bad action":    {"policies: [{name: p, namespace: ns1, action: MAYBE}]", "MAYBE"},
 	} {
 		if _, err := Parse([]byte(tt.in)); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: err = %v, want it to mention %q", name, err, tt.want)
 		}
+	}
+}
+
+func TestParsePolicies(t *testing.T) {
+	cfg, err := Parse([]byte(`
+policies:
+- name: allow-sleep
+  namespace: default
+  scope: WORKLOAD_SELECTOR
+  action: ALLOW
+  groups:
+  - rules:
+    - matches:
+      - principals: [{exact: cluster.local/ns/default/sa/sleep}]
+        sourceIps: [10.10.0.0/16, "fd00::1"]
+        destinationPorts: [8080]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Policies) != 1 {
+		t.Fatalf("parsed %d policies, want 1", len(cfg.Policies))
+	}
+	p := cfg.Policies[0]
+	m := p.GetGroups()[0].GetRules()[0].GetMatches()[0]
+	if p.GetAction().String() != "ALLOW" || p.GetScope().String() != "WORKLOAD_SELECTOR" || m.GetPrincipals()[0].GetExact() != "cluster.local/ns/default/sa/sleep" {
+		t.Errorf("policy = %v", p)
+	}
+	if ips := m.GetSourceIps(); len(ips) != 2 || ips[0].GetLength() != 16 || len(ips[0].GetAddress()) != 4 || ips[1].GetLength() != 128 {
+		t.Errorf("sourceIps = %v", ips)
 	}
 }
 

@@ -19,10 +19,11 @@ func snapshot(t *testing.T) *state.Snapshot {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addrs, err := localconfig.Parse(b)
+	cfg, err := localconfig.Parse(b)
 	if err != nil {
 		t.Fatal(err)
 	}
+	addrs := cfg.Addresses
 	s := state.NewStore("cluster.local")
 	if err := s.Apply(addrs, nil); err != nil {
 		t.Fatal(err)

@@ -17,10 +17,11 @@ func load(t *testing.T) *Store {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addrs, err := localconfig.Parse(b)
+	cfg, err := localconfig.Parse(b)
 	if err != nil {
 		t.Fatal(err)
 	}
+	addrs := cfg.Addresses
 	s := NewStore("cluster.local")
 	if err := s.Apply(addrs, nil); err != nil {
 		t.Fatal(err)
