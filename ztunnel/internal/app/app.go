@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ambient-lite/ambient-lite/pkg/authz"
 	"github.com/ambient-lite/ambient-lite/pkg/caclient"
 	"github.com/ambient-lite/ambient-lite/pkg/secrets"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/admin"
@@ -32,7 +33,8 @@ import (
 // Run serves until ctx ends, then drains for cfg.Drain and stops.
 func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	store := state.NewStore(cfg.TrustDomain)
-	if err := loadLocal(store, cfg.LocalXDSPath); err != nil {
+	policies, err := loadLocal(store, cfg.LocalXDSPath)
+	if err != nil {
 		return err
 	}
 	roots, err := readRoots(cfg.RootCertPath)
@@ -87,7 +89,8 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 
 	px, err := proxy.New(proxy.Options{
 		Node: cfg.NodeName, State: store.Snapshot, Certs: certs, Roots: func() []*x509.Certificate { return roots },
-		TrustDomain: cfg.TrustDomain, Authorizer: proxy.AllowAll{}, Metrics: m, Log: log,
+		TrustDomain: cfg.TrustDomain, Metrics: m, Log: log,
+		Authorizer: proxy.PolicyAuthorizer{Policies: func() *authz.Policies { return policies }, Log: log.With("component", "authz")},
 	})
 	if err != nil {
 		return err
@@ -151,19 +154,24 @@ func statsMux(m *metrics.Metrics) *http.ServeMux {
 	return mux
 }
 
-func loadLocal(store *state.Store, path string) error {
+// loadLocal applies the file's workloads and services to store and returns its policies.
+func loadLocal(store *state.Store, path string) (*authz.Policies, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("reading local config: %w", err)
+		return nil, fmt.Errorf("reading local config: %w", err)
 	}
 	cfg, err := localconfig.Parse(b)
 	if err != nil {
-		return fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	if err := store.Apply(cfg.Addresses, nil); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return nil
+	policies, err := authz.New(cfg.Policies, authz.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return policies, nil
 }
 
 func readRoots(path string) ([]*x509.Certificate, error) {

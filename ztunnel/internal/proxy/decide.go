@@ -16,6 +16,9 @@ type Conn struct {
 	Source   identity.ID
 	SourceIP netip.Addr
 	Dest     *state.Workload
+	// DestIP and DestPort are where the connection was going (the HBONE :authority, or
+	// the original destination of a plaintext connection).
+	DestIP   netip.Addr
 	DestPort uint16
 }
 
@@ -51,7 +54,7 @@ func decideInbound(snap *state.Snapshot, node string, target netip.AddrPort, sou
 	if w.GetTunnelProtocol() != workloadapi.TunnelProtocol_HBONE {
 		return inboundDecision{Status: http.StatusBadRequest, Reason: fmt.Sprintf("workload %s is not in the mesh", w.Uid)}
 	}
-	if err := authz.Authorize(Conn{Source: source, SourceIP: sourceIP.Unmap(), Dest: w, DestPort: target.Port()}); err != nil {
+	if err := authz.Authorize(Conn{Source: source, SourceIP: sourceIP.Unmap(), Dest: w, DestIP: target.Addr(), DestPort: target.Port()}); err != nil {
 		return inboundDecision{Workload: w, Status: http.StatusUnauthorized, Reason: err.Error()}
 	}
 	return inboundDecision{Workload: w, Target: target, Status: http.StatusOK}
