@@ -1,0 +1,311 @@
+package xds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+)
+
+// Defaults for ClientOptions.
+const (
+	DefaultMinBackoff = 100 * time.Millisecond
+	DefaultMaxBackoff = 30 * time.Second
+)
+
+// Handler applies one response. upserts are new or changed resources, removals are names
+// that no longer exist (or, for an explicit subscription, never did). An error rejects
+// the whole response: the Client NACKs it with the error as detail and keeps the
+// versions it had. Handlers are called from Run's goroutine, one at a time.
+type Handler func(typeURL string, upserts []*Resource, removals []string) error
+
+// ClientOptions configures a Client.
+type ClientOptions struct {
+	// Conn is the connection to the server (credentials, bearer token and TLS are its
+	// business). Required.
+	Conn grpc.ClientConnInterface
+	// Node is sent in the first request of every stream. If nil, no node is sent.
+	Node *corev3.Node
+	// Handler applies responses. Required.
+	Handler Handler
+	// Logger receives stream errors. If nil, slog.Default() is used.
+	Logger *slog.Logger
+	// MinBackoff and MaxBackoff bound the wait between reconnects, which doubles after
+	// each failure and resets after a stream that delivered a response. Zero means
+	// DefaultMinBackoff and DefaultMaxBackoff.
+	MinBackoff, MaxBackoff time.Duration
+}
+
+// Client is a delta ADS client: it keeps one stream open (reconnecting with backoff),
+// subscribes to type URLs, and hands responses to the Handler.
+type Client struct {
+	opts   ClientOptions
+	log    *slog.Logger
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+
+	sendMu sync.Mutex // serialises Send on the current stream; taken before mu
+
+	mu     sync.Mutex
+	types  map[string]*clientType
+	stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
+}
+
+type clientType struct {
+	wildcard bool
+	names    map[string]struct{}
+	have     map[string]string
+}
+
+// NewClient validates opts and returns a Client; call Run to connect.
+func NewClient(opts ClientOptions) (*Client, error) {
+	if opts.Conn == nil || opts.Handler == nil {
+		return nil, errors.New("xds client: Conn and Handler are required")
+	}
+	if opts.MinBackoff <= 0 {
+		opts.MinBackoff = DefaultMinBackoff
+	}
+	if opts.MaxBackoff <= 0 {
+		opts.MaxBackoff = DefaultMaxBackoff
+	}
+	opts.MaxBackoff = max(opts.MaxBackoff, opts.MinBackoff)
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Client{opts: opts, log: log, ctx: ctx, cancel: cancel, types: map[string]*clientType{}}, nil
+}
+
+// Watch subscribes to every resource of typeURL (a wildcard subscription).
+func (c *Client) Watch(typeURL string) {
+	c.update(typeURL, func(t *clientType, first bool) *discoveryv3.DeltaDiscoveryRequest {
+		if t.wildcard && !first {
+			return nil
+		}
+		t.wildcard = true
+		return &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typeURL, ResourceNamesSubscribe: []string{Wildcard}}
+	})
+}
+
+// Subscribe adds explicit subscriptions to names of typeURL (on demand). With no names,
+// it registers typeURL with an empty subscription, to be filled by later calls. It sends
+// at once when connected and may block while the server is not reading.
+func (c *Client) Subscribe(typeURL string, names ...string) {
+	c.update(typeURL, func(t *clientType, first bool) *discoveryv3.DeltaDiscoveryRequest {
+		var add []string
+		for _, n := range names {
+			if _, ok := t.names[n]; !ok && n != Wildcard {
+				t.names[n] = struct{}{}
+				add = append(add, n)
+			}
+		}
+		if first && len(add) == 0 {
+			return initialRequest(typeURL, t)
+		}
+		if len(add) == 0 {
+			return nil
+		}
+		return &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typeURL, ResourceNamesSubscribe: add}
+	})
+}
+
+// Unsubscribe removes explicit subscriptions to names of typeURL.
+func (c *Client) Unsubscribe(typeURL string, names ...string) {
+	c.update(typeURL, func(t *clientType, first bool) *discoveryv3.DeltaDiscoveryRequest {
+		var del []string
+		for _, n := range names {
+			if _, ok := t.names[n]; ok {
+				delete(t.names, n)
+				del = append(del, n)
+				if !t.wildcard {
+					delete(t.have, n)
+				}
+			}
+		}
+		if len(del) == 0 {
+			return nil
+		}
+		return &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typeURL, ResourceNamesUnsubscribe: del}
+	})
+}
+
+// Versions returns the names and versions of typeURL the client has accepted.
+func (c *Client) Versions(typeURL string) map[string]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t, ok := c.types[typeURL]; ok {
+		return maps.Clone(t.have)
+	}
+	return map[string]string{}
+}
+
+// update changes one type's subscription and sends the request change returns, if any.
+func (c *Client) update(typeURL string, change func(t *clientType, first bool) *discoveryv3.DeltaDiscoveryRequest) {
+	c.mu.Lock()
+	t, ok := c.types[typeURL]
+	if !ok {
+		t = &clientType{names: map[string]struct{}{}, have: map[string]string{}}
+		c.types[typeURL] = t
+	}
+	req := change(t, !ok)
+	st := c.stream
+	c.mu.Unlock()
+	if req == nil || st == nil {
+		return
+	}
+	if !ok {
+		// The stream was opened before this type existed: this is its first request.
+		req = c.initial(typeURL)
+		req.Node = c.opts.Node
+	}
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	if err := st.Send(req); err != nil {
+		c.log.Debug("xds subscribe not sent; it will be on reconnect", "type", typeURL, "err", err)
+	}
+}
+
+func (c *Client) initial(typeURL string) *discoveryv3.DeltaDiscoveryRequest {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return initialRequest(typeURL, c.types[typeURL])
+}
+
+// initialRequest is a type's first request on a stream: its whole subscription and what
+// the client has. An empty explicit subscription is sent as subscribe and unsubscribe of
+// "*", which means "nothing yet" (as ztunnel's on-demand mode does).
+func initialRequest(typeURL string, t *clientType) *discoveryv3.DeltaDiscoveryRequest {
+	req := &discoveryv3.DeltaDiscoveryRequest{
+		TypeUrl:                 typeURL,
+		ResourceNamesSubscribe:  slices.Sorted(maps.Keys(t.names)),
+		InitialResourceVersions: maps.Clone(t.have),
+	}
+	switch {
+	case t.wildcard:
+		req.ResourceNamesSubscribe = append([]string{Wildcard}, req.ResourceNamesSubscribe...)
+	case len(req.ResourceNamesSubscribe) == 0:
+		req.ResourceNamesSubscribe = []string{Wildcard}
+		req.ResourceNamesUnsubscribe = []string{Wildcard}
+	}
+	return req
+}
+
+// Run keeps a stream open until ctx is cancelled or Close is called, then returns nil.
+func (c *Client) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(c.ctx, cancel)
+	defer stop()
+	backoff := c.opts.MinBackoff
+	for {
+		delivered, err := c.runStream(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if delivered {
+			backoff = c.opts.MinBackoff
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		c.log.Warn("xds stream ended; reconnecting", "err", err, "backoff", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		backoff = min(2*backoff, c.opts.MaxBackoff)
+	}
+}
+
+// Close stops Run. It is idempotent.
+func (c *Client) Close() error {
+	c.cancel()
+	return nil
+}
+
+// runStream runs one stream; delivered reports whether any response arrived.
+func (c *Client) runStream(ctx context.Context) (delivered bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(c.opts.Conn).DeltaAggregatedResources(ctx)
+	if err != nil {
+		return false, fmt.Errorf("opening delta ADS stream: %w", err)
+	}
+	defer func() {
+		c.mu.Lock()
+		c.stream = nil
+		c.mu.Unlock()
+	}()
+	c.sendMu.Lock()
+	c.mu.Lock()
+	c.stream = st
+	var reqs []*discoveryv3.DeltaDiscoveryRequest
+	for _, typeURL := range slices.Sorted(maps.Keys(c.types)) {
+		reqs = append(reqs, initialRequest(typeURL, c.types[typeURL]))
+	}
+	c.mu.Unlock()
+	// With no types yet, the first Subscribe or Watch sends the first request.
+	for _, r := range reqs {
+		r.Node = c.opts.Node
+		if err := st.Send(r); err != nil {
+			c.sendMu.Unlock()
+			return false, fmt.Errorf("sending initial request for %s: %w", r.GetTypeUrl(), err)
+		}
+	}
+	c.sendMu.Unlock()
+	for {
+		resp, err := st.Recv()
+		if err != nil {
+			return delivered, fmt.Errorf("receiving delta ADS response: %w", err)
+		}
+		delivered = true
+		ack := c.apply(resp)
+		c.sendMu.Lock()
+		err = st.Send(ack)
+		c.sendMu.Unlock()
+		if err != nil {
+			return delivered, fmt.Errorf("sending ACK for %s: %w", resp.GetTypeUrl(), err)
+		}
+	}
+}
+
+// apply hands a response to the Handler and returns its ACK or NACK.
+func (c *Client) apply(resp *discoveryv3.DeltaDiscoveryResponse) *discoveryv3.DeltaDiscoveryRequest {
+	typeURL := resp.GetTypeUrl()
+	ack := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typeURL, ResponseNonce: resp.GetNonce()}
+	upserts := make([]*Resource, 0, len(resp.GetResources()))
+	for _, r := range resp.GetResources() {
+		upserts = append(upserts, &Resource{Name: r.GetName(), Version: r.GetVersion(), Resource: r.GetResource()})
+	}
+	if err := c.opts.Handler(typeURL, upserts, resp.GetRemovedResources()); err != nil {
+		c.log.Warn("xds response rejected", "type", typeURL, "nonce", resp.GetNonce(), "err", err)
+		ack.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
+		return ack
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, ok := c.types[typeURL]
+	if !ok {
+		return ack
+	}
+	for _, r := range upserts {
+		t.have[r.Name] = r.Version
+	}
+	for _, name := range resp.GetRemovedResources() {
+		delete(t.have, name)
+	}
+	return ack
+}
