@@ -14,14 +14,17 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ambient-lite/ambient-lite/pkg/authz"
 	"github.com/ambient-lite/ambient-lite/pkg/caclient"
 	"github.com/ambient-lite/ambient-lite/pkg/secrets"
+	"github.com/ambient-lite/ambient-lite/pkg/xds"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/admin"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/config"
+	"github.com/ambient-lite/ambient-lite/ztunnel/internal/discovery"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/localconfig"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/metrics"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/proxy"
@@ -33,10 +36,7 @@ import (
 // Run serves until ctx ends, then drains for cfg.Drain and stops.
 func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	store := state.NewStore(cfg.TrustDomain)
-	policies, err := loadLocal(store, cfg.LocalXDSPath)
-	if err != nil {
-		return err
-	}
+	policies := discovery.NewPolicyStore(authz.Options{})
 	roots, err := readRoots(cfg.RootCertPath)
 	if err != nil {
 		return err
@@ -44,6 +44,36 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	pool := x509.NewCertPool()
 	for _, r := range roots {
 		pool.AddCert(r)
+	}
+	// Configuration comes from a local file, or from istiod-lite over delta xDS.
+	var xdsClient *xds.Client
+	synced := make(chan struct{})
+	if cfg.LocalXDSPath != "" {
+		if err := loadLocal(store, policies, cfg.LocalXDSPath); err != nil {
+			return err
+		}
+		close(synced)
+	} else {
+		conn, err := discovery.Dial(discovery.DialOptions{Address: cfg.XDSAddress, ServerName: cfg.CAServerName, Roots: pool, TokenPath: cfg.TokenPath})
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		var once sync.Once
+		xdsClient, err = xds.NewClient(xds.ClientOptions{
+			Conn: conn, Node: discovery.Node(cfg.InstanceIP, cfg.PodName, cfg.PodNamespace, cfg.NodeName),
+			Handler: discovery.Handler(store, policies, func(typeURL string) {
+				if typeURL == discovery.AddressType {
+					once.Do(func() { close(synced) })
+				}
+			}),
+			Logger: log.With("component", "xds"),
+		})
+		if err != nil {
+			return err
+		}
+		xdsClient.Watch(discovery.AddressType)
+		xdsClient.Watch(discovery.AuthorizationType)
 	}
 	ca, err := caclient.New(caclient.Options{
 		Address: cfg.CAAddress, Roots: pool, ServerName: cfg.CAServerName, TokenPath: cfg.TokenPath,
@@ -90,7 +120,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	px, err := proxy.New(proxy.Options{
 		Node: cfg.NodeName, State: store.Snapshot, Certs: certs, Roots: func() []*x509.Certificate { return roots },
 		TrustDomain: cfg.TrustDomain, Metrics: m, Log: log,
-		Authorizer: proxy.PolicyAuthorizer{Policies: func() *authz.Policies { return policies }, Log: log.With("component", "authz")},
+		Authorizer: proxy.PolicyAuthorizer{Policies: policies.Current, Log: log.With("component", "authz")},
 	})
 	if err != nil {
 		return err
@@ -106,6 +136,9 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	defer stopRun()
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error { return certs.Run(gctx) })
+	if xdsClient != nil {
+		g.Go(func() error { return xdsClient.Run(gctx) })
+	}
 	for i, srv := range servers {
 		l := []net.Listener{readyL, statsL, adminL}[i]
 		g.Go(func() error {
@@ -119,6 +152,14 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	g.Go(func() error { return px.ServeInbound(inL) })
 	g.Go(func() error { return px.ServePlaintext(plainL) })
 
+	// Not ready until the first workload snapshot is in: a connection before it would be
+	// treated as going to an unknown destination.
+	select {
+	case <-synced:
+	case <-ctx.Done():
+		stopRun()
+		return g.Wait()
+	}
 	// Prefetch the certificates of this node's workloads so the first connection is fast.
 	var local []string
 	store.Snapshot().Workloads(func(w *state.Workload) {
@@ -154,24 +195,23 @@ func statsMux(m *metrics.Metrics) *http.ServeMux {
 	return mux
 }
 
-// loadLocal applies the file's workloads and services to store and returns its policies.
-func loadLocal(store *state.Store, path string) (*authz.Policies, error) {
+// loadLocal applies the file's workloads and services to store and its policies to policies.
+func loadLocal(store *state.Store, policies *discovery.PolicyStore, path string) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("reading local config: %w", err)
+		return fmt.Errorf("reading local config: %w", err)
 	}
 	cfg, err := localconfig.Parse(b)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return fmt.Errorf("%s: %w", path, err)
 	}
 	if err := store.Apply(cfg.Addresses, nil); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return fmt.Errorf("%s: %w", path, err)
 	}
-	policies, err := authz.New(cfg.Policies, authz.Options{})
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+	if err := policies.Apply(cfg.Policies, nil); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
 	}
-	return policies, nil
+	return nil
 }
 
 func readRoots(path string) ([]*x509.Certificate, error) {

@@ -16,7 +16,11 @@ import (
 
 // Environment variable names.
 const (
-	EnvLocalXDSPath  = "LOCAL_XDS_PATH"         // workloads and services from a file instead of xDS
+	EnvLocalXDSPath  = "LOCAL_XDS_PATH" // workloads and services from a file instead of xDS
+	EnvXDSAddress    = "XDS_ADDRESS"    // host:port of istiod-lite's xDS server, or unix:///path
+	EnvPodName       = "POD_NAME"       // this ztunnel's pod, for its xDS node identity
+	EnvPodNamespace  = "POD_NAMESPACE"
+	EnvInstanceIP    = "INSTANCE_IP"
 	EnvCAAddress     = "CA_ADDRESS"             // host:port of the Istio CA, or unix:///path
 	EnvCAServerName  = "CA_SERVER_NAME"         // name in the CA's serving certificate
 	EnvRootCertPath  = "ROOT_CERT_PATH"         // mesh root(s), PEM
@@ -38,6 +42,10 @@ const (
 // Config is ztunnel's validated configuration.
 type Config struct {
 	LocalXDSPath string
+	XDSAddress   string
+	PodName      string
+	PodNamespace string
+	InstanceIP   string
 	CAAddress    string
 	CAServerName string
 	RootCertPath string
@@ -85,6 +93,10 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	}
 	c := Config{
 		LocalXDSPath: str(EnvLocalXDSPath, ""),
+		XDSAddress:   str(EnvXDSAddress, "istiod.istio-system.svc:15012"),
+		PodName:      str(EnvPodName, "ztunnel"),
+		PodNamespace: str(EnvPodNamespace, "istio-system"),
+		InstanceIP:   str(EnvInstanceIP, ""),
 		CAAddress:    str(EnvCAAddress, "istiod.istio-system.svc:15012"),
 		CAServerName: str(EnvCAServerName, "istiod.istio-system.svc"),
 		RootCertPath: str(EnvRootCertPath, "/var/run/secrets/istio/root-cert.pem"),
@@ -101,9 +113,6 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		Stats:        addr(EnvStatsAddr, "0.0.0.0:15020"),
 		Admin:        addr(EnvAdminAddr, "127.0.0.1:15000"),
 		LogLevel:     str(EnvLogLevel, "info"),
-	}
-	if c.LocalXDSPath == "" {
-		errs = append(errs, fmt.Errorf("%s is required until ztunnel has an xDS client", EnvLocalXDSPath))
 	}
 	if c.NodeName == "" {
 		errs = append(errs, fmt.Errorf("%s is required: ztunnel serves the workloads of its node", EnvNodeName))

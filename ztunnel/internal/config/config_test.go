@@ -21,7 +21,6 @@ func TestFromEnv(t *testing.T) {
 		env  map[string]string
 		want string
 	}{
-		"no file":      {map[string]string{EnvNodeName: "n"}, EnvLocalXDSPath},
 		"no node":      {map[string]string{EnvLocalXDSPath: "f"}, EnvNodeName},
 		"bad address":  {map[string]string{EnvLocalXDSPath: "f", EnvNodeName: "n", EnvInboundAddr: ":15008"}, EnvInboundAddr},
 		"public admin": {map[string]string{EnvLocalXDSPath: "f", EnvNodeName: "n", EnvAdminAddr: "0.0.0.0:15000"}, "loopback"},
