@@ -1,6 +1,6 @@
 // Package app is istiod-lite's composition root: it binds the listeners, connects to
-// Kubernetes, loads or creates the CA root, starts the informers, the root publisher and
-// the gRPC CA service, and shuts them down in order. Nothing imports it but main.
+// Kubernetes, loads or creates the CA root, starts the informers, the root publisher, the
+// xDS controller and the gRPC CA and delta xDS services, and shuts them down in order. Nothing imports it but main.
 package app
 
 import (
@@ -11,18 +11,26 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/ca"
 	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/caserver"
 	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/config"
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/controller"
 	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/kube"
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/translate"
+	"github.com/ambient-lite/ambient-lite/pkg/xds"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
 	pb "istio.io/api/security/v1alpha1"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	istioinformers "istio.io/client-go/pkg/informers/externalversions"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/informers"
@@ -58,7 +66,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return serveHTTP(ctx, health, httpLis) })
 
-	client, err := kubeClient(cfg.Kubeconfig)
+	client, istio, err := kubeClients(cfg.Kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -80,11 +88,35 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// The xDS controller needs whole pods; the CA's pod informer keeps slimmed ones.
+	xdsFactory := informers.NewSharedInformerFactory(client, resyncPeriod)
+	istioFactory := istioinformers.NewSharedInformerFactory(istio, resyncPeriod)
+	var xdsSrv *xds.Server // set below, before the controller runs
+	ctrl, err := controller.New(controller.Options{
+		Kube: xdsFactory, Istio: istioFactory,
+		Translate: translate.Options{TrustDomain: cfg.TrustDomain},
+		Pusher:    pushFunc(func(typeURL string, names []string) { xdsSrv.Push(typeURL, names) }),
+		Log:       log.With("controller", "xds"),
+	})
+	if err != nil {
+		return err
+	}
+	reviewer := &kube.TokenReviewer{Client: client, Audience: cfg.TokenAudience}
+	xdsSrv, err = xds.NewServer(xds.ServerOptions{
+		Sources:      ctrl.Sources(),
+		Authenticate: func(ctx context.Context) (any, error) { return authenticateStream(ctx, reviewer) },
+		Logger:       log.With("service", "xds"),
+		Debounce:     -1, // the controller debounces its rebuilds and is the only pusher
+	})
+	if err != nil {
+		return err
+	}
+	defer xdsSrv.Close()
 	caSrv, err := caserver.New(caserver.Options{
 		Bundle: bundle, TrustDomain: cfg.TrustDomain,
 		DefaultTTL: cfg.DefaultCertTTL, MaxTTL: cfg.MaxCertTTL,
 		TrustedNodeAccounts: cfg.TrustedNodeAccounts,
-		Auth:                &kube.TokenReviewer{Client: client, Audience: cfg.TokenAudience},
+		Auth:                reviewer,
 		Pods:                pods,
 		Log:                 log.With("service", "ca"),
 	})
@@ -101,12 +133,19 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
 	)
 	pb.RegisterIstioCertificateServiceServer(grpcSrv, caSrv)
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(grpcSrv, xdsSrv)
 
 	factory.Start(ctx.Done())
 	rootCMs.Start(ctx.Done())
+	xdsFactory.Start(ctx.Done())
+	istioFactory.Start(ctx.Done())
 	defer factory.Shutdown()
 	defer rootCMs.Shutdown()
+	defer xdsFactory.Shutdown()
+	defer istioFactory.Shutdown()
 	g.Go(func() error { return publisher.Run(ctx) })
+	g.Go(func() error { return ctrl.Run(ctx) })
+	g.Go(func() error { return xdsSrv.Run(ctx) })
 	if !cache.WaitForCacheSync(ctx.Done(), pods.HasSynced) {
 		return errors.Join(fmt.Errorf("waiting for the pod cache: %w", ctx.Err()), stop(health, g))
 	}
@@ -119,9 +158,16 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	g.Go(func() error {
 		<-ctx.Done()
 		ready.Store(false)
+		_ = xdsSrv.Close() // ends the xDS streams, which GracefulStop would wait for
 		stopGRPC(grpcSrv)
 		return nil
 	})
+	// xDS streams opened before the first snapshot wait for it; readiness waits too.
+	select {
+	case <-ctrl.Ready():
+	case <-ctx.Done():
+		return g.Wait()
+	}
 	ready.Store(true)
 	log.Info("istiod-lite ready", "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String(),
 		"trustDomain", cfg.TrustDomain, "root", bundle.Root.Subject.String(), "rootNotAfter", bundle.Root.NotAfter)
@@ -174,7 +220,28 @@ func stopGRPC(s *grpc.Server) {
 	}
 }
 
-func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+// pushFunc adapts a function to controller.Pusher.
+type pushFunc func(typeURL string, names []string)
+
+func (f pushFunc) Push(typeURL string, names []string) { f(typeURL, names) }
+
+// authenticateStream checks the stream's bearer token with TokenReview, as the CA does; the
+// caller's identity is the stream's principal.
+func authenticateStream(ctx context.Context, reviewer *kube.TokenReviewer) (any, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get("authorization") {
+		if token, ok := strings.CutPrefix(v, "Bearer "); ok && token != "" {
+			caller, err := reviewer.Authenticate(ctx, token)
+			if err != nil {
+				return nil, err
+			}
+			return caller, nil
+		}
+	}
+	return nil, errors.New("no bearer token in the authorization metadata (send a ServiceAccount token with audience istio-ca)")
+}
+
+func kubeClients(kubeconfig string) (kubernetes.Interface, istioclient.Interface, error) {
 	var cfg *rest.Config
 	var err error
 	if kubeconfig == "" {
@@ -183,12 +250,16 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("loading Kubernetes client configuration (set --kubeconfig outside a cluster): %w", err)
+		return nil, nil, fmt.Errorf("loading Kubernetes client configuration (set --kubeconfig outside a cluster): %w", err)
 	}
 	cfg.UserAgent = "istiod-lite"
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("creating Kubernetes client: %w", err)
+		return nil, nil, fmt.Errorf("creating Kubernetes client: %w", err)
 	}
-	return client, nil
+	istio, err := istioclient.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("creating Istio client: %w", err)
+	}
+	return client, istio, nil
 }
