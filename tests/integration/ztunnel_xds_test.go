@@ -139,6 +139,35 @@ func TestZtunnelFollowsIstiod(t *testing.T) {
 	}
 	waitDump("the service", func(d string) bool { return strings.Contains(d, "web."+app+".svc.cluster.local") })
 
+	// Restarting istiod-lite: ztunnel reconnects and converges, and its state is never empty
+	// in between (it keeps what it has; the new server answers only from a full snapshot).
+	stopWatch := make(chan struct{})
+	emptied := make(chan string, 1)
+	go func() {
+		for {
+			select {
+			case <-stopWatch:
+				return
+			default:
+			}
+			if d := dump(); d != "" && !strings.Contains(d, "/Pod/"+app+"/web-1") {
+				emptied <- d
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	m.stop()
+	m.start()
+	waitDump("the state after istiod-lite restarted", func(d string) bool { return strings.Contains(d, "web."+app+".svc.cluster.local") })
+	time.Sleep(300 * time.Millisecond) // past the reconnect and the first responses
+	close(stopWatch)
+	select {
+	case d := <-emptied:
+		t.Fatalf("ztunnel lost the pod while istiod-lite restarted; config_dump:\n%.2000s", d)
+	default:
+	}
+
 	if err := c.Client.CoreV1().Pods(app).Delete(context.Background(), "web-1", metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}); err != nil {
 		t.Fatal(err)
 	}
