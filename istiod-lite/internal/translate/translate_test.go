@@ -1,10 +1,10 @@
 package translate
 
 import (
-	"bytes"
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/ambient-lite/ambient-lite/pkg/testenv"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -59,20 +59,7 @@ func TestGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			golden := filepath.Join("testdata", tt.name+".yaml")
-			if *update {
-				if err := os.WriteFile(golden, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("%v (run with -update to create it)", err)
-			}
-			if !bytes.Equal(got, want) {
-				t.Errorf("%s differs from translation (run with -update to accept):\n--- got\n%s\n--- want\n%s", golden, got, want)
-			}
+			testenv.Golden(t, filepath.Join("testdata", tt.name+".yaml"), got, *update)
 		})
 	}
 }
