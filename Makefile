@@ -20,7 +20,7 @@ PKGS ?= ./...
 TEST_TIMEOUT ?= 30m
 KUBE_TOOLS := etcd kube-apiserver kube-controller-manager kube-scheduler kubectl
 
-.PHONY: setup tools build generate generate-check lint test demo cluster-up cluster-down bench bench-l4 clean
+.PHONY: setup tools build generate generate-check lint test demo cluster-up cluster-down bench bench-l4 bench-xds clean
 
 ## setup: install system packages (apt) and build the pinned tools; idempotent
 setup:
@@ -64,6 +64,10 @@ bench: setup
 ## bench-l4: iperf3 and fortio through (a) direct TCP, (b) two ztunnels, (c) an stunnel pair; prints a table (root)
 bench-l4: setup
 	$(GO) test -count=1 -timeout 20m -run '^$$' -bench '^BenchmarkL4$$' -benchtime 1x ./tests/netns/
+
+## bench-xds: 10,000 pods and 1,000 services; one-pod changes to 100 delta xDS streams; p50/p99 and istiod-lite RSS
+bench-xds: setup
+	$(GO) test -count=1 -timeout 30m -run '^$$' -bench '^BenchmarkXDSPush$$' -benchtime 1x ./tests/integration/
 
 ## cluster-up: start the local control plane and print `export KUBECONFIG=...`
 cluster-up:

@@ -40,7 +40,7 @@ type meshCA struct {
 	pb   pb.IstioCertificateServiceClient
 }
 
-func startCA(t *testing.T, c *cluster.Cluster, extra ...string) meshCA {
+func startCA(t testing.TB, c *cluster.Cluster, extra ...string) meshCA {
 	t.Helper()
 	ns := c.Namespace(t, nil)
 	d := newIstiod(t, c, ns, istiodKubeconfig(t, c, ns), extra...)
@@ -50,7 +50,7 @@ func startCA(t *testing.T, c *cluster.Cluster, extra ...string) meshCA {
 }
 
 // saToken returns a token for ns/sa with audience aud, bound to pod when given.
-func saToken(t *testing.T, c *cluster.Cluster, ns, sa, aud string, pod *corev1.Pod) string {
+func saToken(t testing.TB, c *cluster.Cluster, ns, sa, aud string, pod *corev1.Pod) string {
 	t.Helper()
 	req := &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{Audiences: []string{aud}, ExpirationSeconds: ptr.To[int64](3600)}}
 	if pod != nil {
@@ -63,7 +63,7 @@ func saToken(t *testing.T, c *cluster.Cluster, ns, sa, aud string, pod *corev1.P
 	return tr.Status.Token
 }
 
-func createSA(t *testing.T, c *cluster.Cluster, ns string, names ...string) {
+func createSA(t testing.TB, c *cluster.Cluster, ns string, names ...string) {
 	t.Helper()
 	for _, n := range names {
 		_, err := c.Client.CoreV1().ServiceAccounts(ns).Create(context.Background(), &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{})
@@ -74,7 +74,7 @@ func createSA(t *testing.T, c *cluster.Cluster, ns string, names ...string) {
 }
 
 // csrFor returns a PEM CSR naming spiffeID, and its key.
-func csrFor(t *testing.T, spiffeID string) (string, crypto.Signer) {
+func csrFor(t testing.TB, spiffeID string) (string, crypto.Signer) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -92,7 +92,7 @@ func csrFor(t *testing.T, spiffeID string) (string, crypto.Signer) {
 }
 
 // ask sends CreateCertificate for spiffeID with token, impersonating when asked.
-func (m meshCA) ask(t *testing.T, token, spiffeID string, impersonate bool, ttl int64) (*pb.IstioCertificateResponse, error) {
+func (m meshCA) ask(t testing.TB, token, spiffeID string, impersonate bool, ttl int64) (*pb.IstioCertificateResponse, error) {
 	t.Helper()
 	csr, _ := csrFor(t, spiffeID)
 	req := &pb.IstioCertificateRequest{Csr: csr, ValidityDuration: ttl}
@@ -104,7 +104,7 @@ func (m meshCA) ask(t *testing.T, token, spiffeID string, impersonate bool, ttl 
 	return m.pb.CreateCertificate(ctx, req)
 }
 
-func parseChain(t *testing.T, pems []string) []*x509.Certificate {
+func parseChain(t testing.TB, pems []string) []*x509.Certificate {
 	t.Helper()
 	var out []*x509.Certificate
 	for _, p := range pems {
@@ -121,7 +121,7 @@ func parseChain(t *testing.T, pems []string) []*x509.Certificate {
 	return out
 }
 
-func wantCode(t *testing.T, err error, code codes.Code, msgPart string) {
+func wantCode(t testing.TB, err error, code codes.Code, msgPart string) {
 	t.Helper()
 	if status.Code(err) != code || !strings.Contains(status.Convert(err).Message(), msgPart) {
 		t.Fatalf("err = %v, want %v mentioning %q", err, code, msgPart)
@@ -269,7 +269,7 @@ func TestNodeImpersonation(t *testing.T) {
 	}
 }
 
-func createPod(t *testing.T, c *cluster.Cluster, ns, name, sa, node string) *corev1.Pod {
+func createPod(t testing.TB, c *cluster.Cluster, ns, name, sa, node string) *corev1.Pod {
 	t.Helper()
 	p, err := c.Client.CoreV1().Pods(ns).Create(context.Background(), &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
@@ -336,7 +336,7 @@ func TestRootIsStableAcrossInstances(t *testing.T) {
 	}
 }
 
-func mustParse(t *testing.T, der []byte) *x509.Certificate {
+func mustParse(t testing.TB, der []byte) *x509.Certificate {
 	t.Helper()
 	c, err := x509.ParseCertificate(der)
 	if err != nil {

@@ -34,7 +34,7 @@ import (
 
 // istiod is one istiod-lite process under test.
 type istiod struct {
-	t         *testing.T
+	t         testing.TB
 	ns        string
 	grpcAddr  string
 	httpAddr  string
@@ -62,7 +62,7 @@ var istiodSecretsRBAC = []rbacv1.PolicyRule{
 
 // istiodKubeconfig creates istiod-lite's ServiceAccount and RBAC in ns and returns a
 // kubeconfig with a token of that ServiceAccount, so the test also proves the RBAC is enough.
-func istiodKubeconfig(t *testing.T, c *cluster.Cluster, ns string) string {
+func istiodKubeconfig(t testing.TB, c *cluster.Cluster, ns string) string {
 	t.Helper()
 	ctx := context.Background()
 	name := "istiod-lite-" + ns
@@ -111,7 +111,7 @@ func istiodKubeconfig(t *testing.T, c *cluster.Cluster, ns string) string {
 }
 
 // newIstiod prepares an istiod-lite in ns (not started); extra flags are appended.
-func newIstiod(t *testing.T, c *cluster.Cluster, ns, kubeconfig string, extra ...string) *istiod {
+func newIstiod(t testing.TB, c *cluster.Cluster, ns, kubeconfig string, extra ...string) *istiod {
 	t.Helper()
 	ports := freePorts(t, 2)
 	return &istiod{
@@ -185,7 +185,7 @@ func (d *istiod) stop() {
 }
 
 // client dials the CA with TLS verified against root, as a workload proxy does.
-func (d *istiod) client(t *testing.T, root *x509.Certificate) pb.IstioCertificateServiceClient {
+func (d *istiod) client(t testing.TB, root *x509.Certificate) pb.IstioCertificateServiceClient {
 	t.Helper()
 	pool := x509.NewCertPool()
 	pool.AddCert(root)
@@ -200,7 +200,7 @@ func (d *istiod) client(t *testing.T, root *x509.Certificate) pb.IstioCertificat
 }
 
 // publishedRoot waits for the istio-ca-root-cert ConfigMap in ns and returns its root.
-func publishedRoot(t *testing.T, c *cluster.Cluster, ns string) *x509.Certificate {
+func publishedRoot(t testing.TB, c *cluster.Cluster, ns string) *x509.Certificate {
 	t.Helper()
 	var root *x509.Certificate
 	err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
@@ -221,7 +221,7 @@ func publishedRoot(t *testing.T, c *cluster.Cluster, ns string) *x509.Certificat
 	return root
 }
 
-func freePorts(t *testing.T, n int) []int {
+func freePorts(t testing.TB, n int) []int {
 	t.Helper()
 	var ports []int
 	for range n {

@@ -32,7 +32,7 @@ func TestMain(m *testing.M) {
 
 // binary builds the command at pkg (relative to the repository root) once per test binary
 // and returns its path.
-func binary(t *testing.T, pkg string) string {
+func binary(t testing.TB, pkg string) string {
 	t.Helper()
 	out := filepath.Join(binaries.dir, filepath.Base(pkg))
 	binaries.mu.Lock()

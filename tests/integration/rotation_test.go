@@ -162,7 +162,7 @@ func TestCertificateRotationAndCAOutage(t *testing.T) {
 
 // tlsServer serves TLS handshakes on loopback with getCert, closing each connection at
 // once, until the test ends. It returns its address.
-func tlsServer(t *testing.T, getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)) string {
+func tlsServer(t testing.TB, getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)) string {
 	t.Helper()
 	l, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{GetCertificate: getCert, MinVersion: tls.VersionTLS13})
 	if err != nil {

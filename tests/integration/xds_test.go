@@ -67,7 +67,7 @@ func (v *xdsView) get(typeURL, name string) *xds.Resource {
 }
 
 // xdsConn dials istiod-lite's gRPC port with TLS verified against root, sending token.
-func xdsConn(t *testing.T, d *istiod, root *x509.Certificate, token string) *grpc.ClientConn {
+func xdsConn(t testing.TB, d *istiod, root *x509.Certificate, token string) *grpc.ClientConn {
 	t.Helper()
 	pool := x509.NewCertPool()
 	pool.AddCert(root)
@@ -94,7 +94,7 @@ func (bearer) RequireTransportSecurity() bool { return true }
 
 // xdsWaitFor polls the view until cond holds (10 s at most) and logs how long it took since
 // start.
-func xdsWaitFor(t *testing.T, what string, start time.Time, cond func() bool) {
+func xdsWaitFor(t testing.TB, what string, start time.Time, cond func() bool) {
 	t.Helper()
 	err := wait.PollUntilContextTimeout(context.Background(), 2*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
 		return cond(), nil

@@ -25,7 +25,7 @@ import (
 
 // startZtunnel runs ztunnel (host network namespace, every listener on a free loopback port)
 // against istiod-lite's xDS and CA, and returns its admin base URL.
-func startZtunnel(t *testing.T, c *cluster.Cluster, m meshCA, node string) string {
+func startZtunnel(t testing.TB, c *cluster.Cluster, m meshCA, node string) string {
 	t.Helper()
 	createSA(t, c, m.ns, "ztunnel")
 	dir := t.TempDir()
