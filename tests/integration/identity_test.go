@@ -111,6 +111,7 @@ func parseChain(t testing.TB, pems []string) []*x509.Certificate {
 		block, rest := pem.Decode([]byte(p))
 		if block == nil || strings.TrimSpace(string(rest)) != "" {
 			t.Fatalf("chain element is not exactly one PEM certificate: %q", p)
+			return nil
 		}
 		c, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
