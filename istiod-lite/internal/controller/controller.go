@@ -252,9 +252,9 @@ func (c *Controller) build() (*snapshot, map[string]string) {
 	if err != nil {
 		skipped["Service lister"] = err.Error()
 	}
-	byNamespace := map[string][]*corev1.Service{}
+	selecting := newSelectorIndex()
 	for _, svc := range services {
-		byNamespace[svc.Namespace] = append(byNamespace[svc.Namespace], svc)
+		selecting.add(svc)
 		s, ok := translate.Service(svc, c.opts.Translate)
 		if !ok {
 			if svc.Spec.Type != corev1.ServiceTypeExternalName {
@@ -273,7 +273,7 @@ func (c *Controller) build() (*snapshot, map[string]string) {
 	}
 	for _, pod := range pods {
 		ns, _ := c.namespaces.Get(pod.Namespace)
-		w, ok := translate.Workload(enrolled(pod, ns), ns, byNamespace[pod.Namespace], c.opts.Translate)
+		w, ok := translate.Workload(enrolled(pod, ns), ns, selecting.candidates(pod), c.opts.Translate)
 		if !ok {
 			continue // no IP yet, or finished: not a workload (not an error)
 		}
@@ -359,4 +359,34 @@ func (s source) Generate(ctx context.Context, req *xds.Request) (*xds.Delta, err
 		return nil, ctx.Err()
 	}
 	return xds.Diff(s.c.snap.Load().byType[s.typeURL], req), nil
+}
+
+// selectorIndex finds the Services that may select a pod without checking every Service of
+// its namespace: each Service is filed under one label pair of its selector (its anchor), so
+// a Service that selects a pod is always among the Services filed under the pod's own label
+// pairs. translate.Workload still checks the whole selector.
+type selectorIndex map[string][]*corev1.Service // "namespace\x00key\x00value" → services
+
+func newSelectorIndex() selectorIndex { return selectorIndex{} }
+
+func (x selectorIndex) add(svc *corev1.Service) {
+	if len(svc.Spec.Selector) == 0 {
+		return // selects nothing
+	}
+	anchor := ""
+	for k := range svc.Spec.Selector {
+		if anchor == "" || k < anchor {
+			anchor = k
+		}
+	}
+	key := svc.Namespace + "\x00" + anchor + "\x00" + svc.Spec.Selector[anchor]
+	x[key] = append(x[key], svc)
+}
+
+func (x selectorIndex) candidates(pod *corev1.Pod) []*corev1.Service {
+	var out []*corev1.Service
+	for k, v := range pod.Labels {
+		out = append(out, x[pod.Namespace+"\x00"+k+"\x00"+v]...)
+	}
+	return out
 }
