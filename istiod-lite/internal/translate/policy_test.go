@@ -13,7 +13,6 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	securityclient "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -72,35 +71,24 @@ type policyObjects struct {
 
 func decodePolicyObjects(in []byte) (policyObjects, error) {
 	var objs policyObjects
-	for i, doc := range docSeparator.Split(string(in), -1) {
-		var tm metav1.TypeMeta
-		if err := yaml.Unmarshal([]byte(doc), &tm); err != nil {
-			return objs, fmt.Errorf("document %d: %w", i, err)
-		}
-		var err error
-		switch tm.Kind {
-		case "":
-			continue
+	err := decodeDocs(in, func(kind string, doc []byte) error {
+		switch kind {
 		case "AuthorizationPolicy":
 			ap := &securityclient.AuthorizationPolicy{}
-			err = yaml.Unmarshal([]byte(doc), ap)
 			objs.aps = append(objs.aps, ap)
+			return yaml.UnmarshalStrict(doc, ap)
 		case "PeerAuthentication":
 			pa := &securityclient.PeerAuthentication{}
-			err = yaml.Unmarshal([]byte(doc), pa)
 			objs.pas = append(objs.pas, pa)
+			return yaml.UnmarshalStrict(doc, pa)
 		case "Pod":
 			pod := &corev1.Pod{}
-			err = yaml.UnmarshalStrict([]byte(doc), pod)
 			objs.pods = append(objs.pods, pod)
-		default:
-			err = fmt.Errorf("unsupported kind %q", tm.Kind)
+			return yaml.UnmarshalStrict(doc, pod)
 		}
-		if err != nil {
-			return objs, fmt.Errorf("document %d: %w", i, err)
-		}
-	}
-	return objs, nil
+		return fmt.Errorf("unsupported kind %q", kind)
+	})
+	return objs, err
 }
 
 // renderPolicies writes the translation as YAML; sigs.k8s.io/yaml sorts map keys, and

@@ -74,35 +74,43 @@ var docSeparator = regexp.MustCompile(`(?m)^---\s*$`)
 
 func decodeObjects(in []byte) (objects, error) {
 	objs := objects{namespaces: map[string]*corev1.Namespace{}}
+	err := decodeDocs(in, func(kind string, doc []byte) error {
+		switch kind {
+		case "Namespace":
+			ns := &corev1.Namespace{}
+			err := yaml.UnmarshalStrict(doc, ns)
+			objs.namespaces[ns.Name] = ns
+			return err
+		case "Pod":
+			pod := &corev1.Pod{}
+			objs.pods = append(objs.pods, pod)
+			return yaml.UnmarshalStrict(doc, pod)
+		case "Service":
+			svc := &corev1.Service{}
+			objs.services = append(objs.services, svc)
+			return yaml.UnmarshalStrict(doc, svc)
+		}
+		return fmt.Errorf("unsupported kind %q", kind)
+	})
+	return objs, err
+}
+
+// decodeDocs splits a multi-document YAML input and calls decode with each non-empty
+// document's kind; errors name the document.
+func decodeDocs(in []byte, decode func(kind string, doc []byte) error) error {
 	for i, doc := range docSeparator.Split(string(in), -1) {
 		var tm metav1.TypeMeta
 		if err := yaml.Unmarshal([]byte(doc), &tm); err != nil {
-			return objs, fmt.Errorf("document %d: %w", i, err)
+			return fmt.Errorf("document %d: %w", i, err)
 		}
-		var err error
-		switch tm.Kind {
-		case "":
+		if tm.Kind == "" {
 			continue // empty document
-		case "Namespace":
-			ns := &corev1.Namespace{}
-			err = yaml.UnmarshalStrict([]byte(doc), ns)
-			objs.namespaces[ns.Name] = ns
-		case "Pod":
-			pod := &corev1.Pod{}
-			err = yaml.UnmarshalStrict([]byte(doc), pod)
-			objs.pods = append(objs.pods, pod)
-		case "Service":
-			svc := &corev1.Service{}
-			err = yaml.UnmarshalStrict([]byte(doc), svc)
-			objs.services = append(objs.services, svc)
-		default:
-			err = fmt.Errorf("unsupported kind %q", tm.Kind)
 		}
-		if err != nil {
-			return objs, fmt.Errorf("document %d: %w", i, err)
+		if err := decode(tm.Kind, []byte(doc)); err != nil {
+			return fmt.Errorf("document %d: %w", i, err)
 		}
 	}
-	return objs, nil
+	return nil
 }
 
 func translateAll(objs objects, opts Options) []*workloadapi.Address {
