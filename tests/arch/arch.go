@@ -63,8 +63,8 @@ func Check(module string, pkgs []Package) []Violation {
 		for _, imp := range direct {
 			dep, internal := rel(imp)
 			if !internal {
-				if strings.HasPrefix(imp, ciliumBPF) && !under(self, "cni/") {
-					add(p, "ebpf only in cni", "imports %s; only the CNI's redirection code loads eBPF", imp)
+				if strings.HasPrefix(imp, ciliumBPF) && !ebpfAllowed(self) {
+					add(p, "ebpf only in cni and pkg/capture", "imports %s; only the CNI's redirection code loads eBPF, and only pkg/capture registers a proxy's sockets with it", imp)
 				}
 				continue
 			}
@@ -100,6 +100,13 @@ func Check(module string, pkgs []Package) []Violation {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
 	return out
+}
+
+// ebpfAllowed reports whether a package may import cilium/ebpf: the CNI (which loads and
+// attaches the redirection), pkg/capture (the proxy's side of that contract: registering its
+// in-pod sockets) and tests.
+func ebpfAllowed(path string) bool {
+	return under(path, "cni/") || under(path, "pkg/capture/") || under(path, "tests/")
 }
 
 // under reports whether path is prefix itself or below it; prefix ends in "/" for folders.
