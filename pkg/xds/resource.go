@@ -71,10 +71,25 @@ func (f SourceFunc) Generate(ctx context.Context, req *Request) (*Delta, error) 
 
 // Diff is the answer of a Source backed by a full snapshot: every resource of all that the
 // request subscribes to and the client does not have at that version, the names the client
-// has that are gone from all, and the explicitly subscribed names that do not exist.
+// has that are gone from all, and the explicitly subscribed names that do not exist. When
+// the request lists what Changed, only those names are looked at, so a push of one name
+// costs one lookup however large the snapshot.
 func Diff(all map[string]*Resource, req *Request) *Delta {
 	d := &Delta{}
 	want := func(name string) bool { return req.Wildcard || contains(req.Names, name) }
+	if req.Changed != nil {
+		for _, name := range req.Changed {
+			r, exists := all[name]
+			v, has := req.Have[name]
+			switch {
+			case exists && want(name) && (!has || v != r.Version):
+				d.Upserts = append(d.Upserts, r)
+			case !exists && (has || contains(req.Names, name)):
+				d.Removals = append(d.Removals, name)
+			}
+		}
+		return d // Changed is sorted, so both lists are
+	}
 	for name, r := range all {
 		if want(name) && req.Have[name] != r.Version {
 			d.Upserts = append(d.Upserts, r)

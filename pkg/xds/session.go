@@ -152,8 +152,13 @@ func (ts *typeState) forget(name string) {
 	}
 }
 
-// have is what the client holds once every response in flight is applied.
+// have is what the client holds once every response in flight is applied. With nothing
+// in flight it is acked itself, not a copy: callers only read it, before the session
+// changes again.
 func (ts *typeState) have() map[string]string {
+	if len(ts.inflight) == 0 {
+		return ts.acked
+	}
 	h := maps.Clone(ts.acked)
 	for _, r := range ts.inflight {
 		maps.Copy(h, r.upserts)

@@ -22,6 +22,14 @@ func TestDiff(t *testing.T) {
 			[]string{"b@2", "c@1"}, []string{"gone"}},
 		{"explicit", Request{Names: []string{"a", "missing"}}, []string{"a@1"}, []string{"missing"}},
 		{"explicit, has it", Request{Names: []string{"a"}, Have: map[string]string{"a": "1"}}, nil, nil},
+		// With Changed, only those names are looked at: "c" is missing on the client but
+		// was not pushed, and "gone" is not reported removed either.
+		{"changed, wildcard", Request{Wildcard: true, Changed: []string{"a", "b", "x"},
+			Have: map[string]string{"a": "1", "b": "1", "x": "1", "gone": "1"}}, []string{"b@2"}, []string{"x"}},
+		{"changed, new name", Request{Wildcard: true, Changed: []string{"c"}}, []string{"c@1"}, nil},
+		{"changed, explicit not subscribed", Request{Names: []string{"a"}, Changed: []string{"b"}}, nil, nil},
+		{"changed, explicit missing", Request{Names: []string{"missing"}, Changed: []string{"missing"}}, nil, []string{"missing"}},
+		{"changed, removed unknown to client", Request{Wildcard: true, Changed: []string{"y"}}, nil, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

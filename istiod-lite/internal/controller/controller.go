@@ -1,32 +1,25 @@
 // Package controller is istiod-lite's xDS glue: it watches Namespaces, Pods, Services,
-// AuthorizationPolicies and PeerAuthentications through informers, rebuilds full snapshots
-// of istio.workload.Address and istio.security.Authorization resources with the pure
-// translate package whenever anything changes (debounced), and serves them to pkg/xds as
-// Sources. It is not the xDS protocol (pkg/xds) nor the translation (translate); only
+// AuthorizationPolicies and PeerAuthentications through informers, retranslates only what
+// each change touches into istio.workload.Address and istio.security.Authorization
+// resources with the pure translate package (a change after a quiet period at once, bursts
+// debounced), and serves them to pkg/xds as Sources, pushing only the names that changed. It is not the xDS protocol (pkg/xds) nor the translation (translate); only
 // istiod-lite's composition root imports it.
 package controller
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
-	"sort"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/translate"
 	"github.com/ambient-lite/ambient-lite/pkg/xds"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
 	istioinformers "istio.io/client-go/pkg/informers/externalversions"
 	securitylisters "istio.io/client-go/pkg/listers/security/v1"
-	"istio.io/istio/pkg/workloadapi"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
@@ -38,10 +31,11 @@ const (
 	AuthorizationType = "type.googleapis.com/istio.security.Authorization"
 )
 
-// DefaultDebounce is how long the controller waits for quiet before rebuilding.
+// DefaultDebounce is how long the controller waits for quiet before applying a change that
+// follows another within that time; a change after a quiet period is applied at once.
 const DefaultDebounce = 50 * time.Millisecond
 
-// maxDebounceDelay bounds how long a stream of changes can hold a rebuild.
+// maxDebounceDelay bounds how long a stream of changes can hold a flush.
 const maxDebounceDelay = time.Second
 
 // Pusher is told which type URLs changed after a rebuild; *xds.Server implements it.
@@ -62,10 +56,11 @@ type Options struct {
 	Translate translate.Options
 	// Policy are the mesh settings of security policies. The zero value is Istio's default.
 	Policy translate.PolicyOptions
-	// Pusher is told, after each rebuild, the type URLs whose snapshot changed. If nil,
+	// Pusher is told, after each flush, the names that changed per type URL. If nil,
 	// nothing is pushed (clients only see changes on their next request).
 	Pusher Pusher
-	// Debounce is how long to wait for quiet before rebuilding. Zero means DefaultDebounce.
+	// Debounce is how long to wait for quiet after a burst of changes. Zero means
+	// DefaultDebounce.
 	Debounce time.Duration
 	// Log receives translation problems. If nil, slog.Default().
 	Log *slog.Logger
@@ -88,9 +83,11 @@ type Controller struct {
 	ready chan struct{}
 	snap  atomic.Pointer[snapshot]
 
-	// skipped is the last rebuild's skipped objects and their reasons, so that each
-	// problem is logged once rather than on every rebuild. Only Run touches it.
-	skipped map[string]string
+	mu    sync.Mutex // guards dirty
+	dirty *dirty
+
+	// idx is the incremental state; only Run's goroutine touches it.
+	idx *index
 }
 
 // snapshot is one immutable build: resources by name, per type URL.
@@ -112,22 +109,44 @@ func New(opts Options) (*Controller, error) {
 	}
 	c := &Controller{
 		opts: opts, log: log,
-		kick:    make(chan struct{}, 1),
-		ready:   make(chan struct{}),
-		skipped: map[string]string{},
+		kick:  make(chan struct{}, 1),
+		ready: make(chan struct{}),
+		dirty: newDirty(),
+		idx:   newIndex(),
 	}
-	handler := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { c.trigger() },
-		UpdateFunc: func(any, any) { c.trigger() },
-		DeleteFunc: func(any) { c.trigger() },
-	}
-	type informer interface {
-		Informer() cache.SharedIndexInformer
-	}
+	c.dirty.all = true
 	core := opts.Kube.Core().V1()
 	sec := opts.Istio.Security().V1()
-	for _, inf := range []informer{core.Namespaces(), core.Pods(), core.Services(), sec.AuthorizationPolicies(), sec.PeerAuthentications()} {
-		reg, err := inf.Informer().AddEventHandler(handler)
+	if err := core.Pods().Informer().SetTransform(slimPod); err != nil {
+		return nil, fmt.Errorf("slimming cached pods: %w", err)
+	}
+	handlers := []struct {
+		inf  cache.SharedIndexInformer
+		mark func(d *dirty, old, obj any)
+	}{
+		{core.Namespaces().Informer(), func(d *dirty, _, obj any) {
+			if ns, ok := obj.(*corev1.Namespace); ok {
+				d.namespaces[ns.Name] = struct{}{}
+			}
+		}},
+		{core.Pods().Informer(), func(d *dirty, _, obj any) {
+			if p, ok := obj.(*corev1.Pod); ok {
+				d.pods[p.Namespace+"/"+p.Name] = struct{}{}
+			}
+		}},
+		{core.Services().Informer(), func(d *dirty, old, obj any) {
+			for _, o := range []any{old, obj} {
+				if svc, ok := o.(*corev1.Service); ok {
+					d.services[svc.Namespace+"/"+svc.Name] = struct{}{}
+					d.selections = append(d.selections, selection{svc.Namespace, svc.Spec.Selector})
+				}
+			}
+		}},
+		{sec.AuthorizationPolicies().Informer(), markPolicy},
+		{sec.PeerAuthentications().Informer(), markPolicy},
+	}
+	for _, h := range handlers {
+		reg, err := h.inf.AddEventHandler(c.handler(h.mark))
 		if err != nil {
 			return nil, fmt.Errorf("registering an event handler: %w", err)
 		}
@@ -141,6 +160,30 @@ func New(opts Options) (*Controller, error) {
 	return c, nil
 }
 
+func markPolicy(d *dirty, _, obj any) {
+	if ns, ok := policyNamespace(obj); ok {
+		d.policyNamespaces[ns] = struct{}{}
+	}
+}
+
+// handler records each event in the dirty set and kicks Run.
+func (c *Controller) handler(mark func(d *dirty, old, obj any)) cache.ResourceEventHandler {
+	record := func(old, obj any) {
+		if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = tomb.Obj
+		}
+		c.mu.Lock()
+		mark(c.dirty, old, obj)
+		c.mu.Unlock()
+		c.trigger()
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { record(nil, obj) },
+		UpdateFunc: func(old, obj any) { record(old, obj) },
+		DeleteFunc: func(obj any) { record(nil, obj) },
+	}
+}
+
 func (c *Controller) trigger() {
 	select {
 	case c.kick <- struct{}{}:
@@ -151,8 +194,9 @@ func (c *Controller) trigger() {
 // Ready is closed once the informers have synced and the first snapshot is built.
 func (c *Controller) Ready() <-chan struct{} { return c.ready }
 
-// Run waits for the informers to sync, builds the first snapshot, then rebuilds after every
-// quiet period following a change, until ctx ends. It returns ctx's error only if the
+// Run waits for the informers to sync, builds the first snapshot, then applies changes
+// until ctx ends: a change after a quiet period at once, changes that follow within
+// Debounce once they stop (or after maxDebounceDelay). It returns ctx's error only if the
 // informers never synced.
 func (c *Controller) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
@@ -163,12 +207,13 @@ func (c *Controller) Run(ctx context.Context) error {
 	case <-c.kick:
 	default:
 	}
-	c.rebuild()
+	c.flush()
 	close(c.ready)
 	var (
 		timer = time.NewTimer(time.Hour)
 		fire  <-chan time.Time
-		first time.Time
+		first time.Time // first change of the pending burst
+		last  = time.Now()
 	)
 	timer.Stop()
 	defer timer.Stop()
@@ -178,6 +223,11 @@ func (c *Controller) Run(ctx context.Context) error {
 			return nil
 		case <-c.kick:
 			now := time.Now()
+			if fire == nil && now.Sub(last) >= c.opts.Debounce {
+				c.flush() // after a quiet period: no reason to wait
+				last = time.Now()
+				continue
+			}
 			if first.IsZero() {
 				first = now
 			}
@@ -185,106 +235,38 @@ func (c *Controller) Run(ctx context.Context) error {
 			fire = timer.C
 		case <-fire:
 			first, fire = time.Time{}, nil
-			c.rebuild()
+			c.flush()
+			last = time.Now()
 		}
 	}
 }
 
-// rebuild builds a new snapshot, swaps it in and pushes the types that changed.
-func (c *Controller) rebuild() {
-	next, skipped := c.build()
-	prev := c.snap.Swap(next)
-	for key, reason := range skipped {
-		if c.skipped[key] != reason {
-			c.log.Warn("object skipped by translation", "object", key, "reason", reason)
-		}
+// flush applies the pending changes, publishes the new snapshot and pushes the names
+// that changed.
+func (c *Controller) flush() {
+	c.mu.Lock()
+	d := c.dirty
+	c.dirty = newDirty()
+	c.mu.Unlock()
+	if d.empty() && c.snap.Load() != nil {
+		return
 	}
-	c.skipped = skipped
+	changed, skipped := c.idx.apply(c, d)
+	c.snap.Store(&snapshot{byType: map[string]map[string]*xds.Resource{
+		AddressType:       c.idx.addresses,
+		AuthorizationType: c.idx.authorizations,
+	}})
+	for object, reason := range skipped {
+		c.log.Warn("object skipped by translation", "object", object, "reason", reason)
+	}
 	if c.opts.Pusher == nil {
 		return
 	}
 	for _, typeURL := range []string{AddressType, AuthorizationType} {
-		if prev == nil || !sameVersions(prev.byType[typeURL], next.byType[typeURL]) {
-			c.opts.Pusher.Push(typeURL, nil)
+		if names := changed[typeURL]; len(names) > 0 {
+			c.opts.Pusher.Push(typeURL, names)
 		}
 	}
-}
-
-func sameVersions(a, b map[string]*xds.Resource) bool {
-	return maps.EqualFunc(a, b, func(x, y *xds.Resource) bool { return x.Version == y.Version })
-}
-
-// build translates everything the listers hold. An object that does not translate is
-// left out and reported in skipped ("Kind namespace/name" → reason); the rest are served.
-func (c *Controller) build() (*snapshot, map[string]string) {
-	skipped := map[string]string{}
-	addresses := map[string]*xds.Resource{}
-	authorizations := map[string]*xds.Resource{}
-	add := func(into map[string]*xds.Resource, typeURL, name, object string, m proto.Message) {
-		r, err := resource(typeURL, name, m)
-		if err != nil {
-			skipped[object] = err.Error()
-			return
-		}
-		into[name] = r
-	}
-
-	aps, err := c.authzs.List(labels.Everything())
-	if err != nil {
-		skipped["AuthorizationPolicy lister"] = err.Error()
-	}
-	pas, err := c.peerAuths.List(labels.Everything())
-	if err != nil {
-		skipped["PeerAuthentication lister"] = err.Error()
-	}
-	sortObjects(aps)
-	sortObjects(pas)
-	policies, policySkips := translate.Policies(aps, pas, c.opts.Policy)
-	for _, s := range policySkips {
-		skipped[s.Policy] = s.Reason
-	}
-	for _, a := range policies {
-		name := a.Namespace + "/" + a.Name
-		add(authorizations, AuthorizationType, name, "Authorization "+name, a)
-	}
-
-	services, err := c.services.List(labels.Everything())
-	if err != nil {
-		skipped["Service lister"] = err.Error()
-	}
-	selecting := newSelectorIndex()
-	for _, svc := range services {
-		selecting.add(svc)
-		s, ok := translate.Service(svc, c.opts.Translate)
-		if !ok {
-			if svc.Spec.Type != corev1.ServiceTypeExternalName {
-				skipped["Service "+svc.Namespace+"/"+svc.Name] = "cluster IP does not parse"
-			}
-			continue
-		}
-		name := s.Namespace + "/" + s.Hostname
-		add(addresses, AddressType, name, "Service "+svc.Namespace+"/"+svc.Name,
-			&workloadapi.Address{Type: &workloadapi.Address_Service{Service: s}})
-	}
-
-	pods, err := c.pods.List(labels.Everything())
-	if err != nil {
-		skipped["Pod lister"] = err.Error()
-	}
-	for _, pod := range pods {
-		ns, _ := c.namespaces.Get(pod.Namespace)
-		w, ok := translate.Workload(enrolled(pod, ns), ns, selecting.candidates(pod), c.opts.Translate)
-		if !ok {
-			continue // no IP yet, or finished: not a workload (not an error)
-		}
-		w.AuthorizationPolicies = translate.WorkloadPolicies(pod.Namespace, pod.Labels, aps, pas, c.opts.Policy)
-		add(addresses, AddressType, w.Uid, "Pod "+pod.Namespace+"/"+pod.Name,
-			&workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: w}})
-	}
-	return &snapshot{byType: map[string]map[string]*xds.Resource{
-		AddressType:       addresses,
-		AuthorizationType: authorizations,
-	}}, skipped
 }
 
 // enrolled returns pod, or for a pod outside the ambient mesh a copy that translate.Workload
@@ -304,34 +286,6 @@ func enrolled(pod *corev1.Pod, ns *corev1.Namespace) *corev1.Pod {
 	delete(cp.Annotations, "sidecar.istio.io/status")
 	cp.Spec.HostNetwork = false
 	return cp
-}
-
-// sortObjects orders policies by namespace and name, so the translation, whose ties go to
-// the first in the list, does not depend on the lister's map order.
-func sortObjects[T interface {
-	GetNamespace() string
-	GetName() string
-}](objs []T) {
-	sort.Slice(objs, func(i, j int) bool {
-		if objs[i].GetNamespace() != objs[j].GetNamespace() {
-			return objs[i].GetNamespace() < objs[j].GetNamespace()
-		}
-		return objs[i].GetName() < objs[j].GetName()
-	})
-}
-
-// resource marshals m deterministically; its version is a short hash of those bytes.
-func resource(typeURL, name string, m proto.Message) (*xds.Resource, error) {
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
-	if err != nil {
-		return nil, fmt.Errorf("marshalling %s %s: %w", typeURL, name, err)
-	}
-	sum := sha256.Sum256(b)
-	return &xds.Resource{
-		Name:     name,
-		Version:  hex.EncodeToString(sum[:8]),
-		Resource: &anypb.Any{TypeUrl: typeURL, Value: b},
-	}, nil
 }
 
 // Sources returns the xds.Sources of both type URLs, answered from the current snapshot.
@@ -387,6 +341,39 @@ func (x selectorIndex) candidates(pod *corev1.Pod) []*corev1.Service {
 	var out []*corev1.Service
 	for k, v := range pod.Labels {
 		out = append(out, x[pod.Namespace+"\x00"+k+"\x00"+v]...)
+	}
+	return out
+}
+
+// slimPod keeps what the translation reads of a pod (its metadata without managed fields,
+// node, service account, host networking, container ports, phase, IPs and conditions), to
+// bound the cache on large clusters. Anything else is dropped before it is stored.
+func slimPod(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	slim := &corev1.Pod{TypeMeta: p.TypeMeta, ObjectMeta: p.ObjectMeta}
+	slim.ManagedFields = nil
+	slim.Spec.HostNetwork = p.Spec.HostNetwork
+	slim.Spec.NodeName = p.Spec.NodeName
+	slim.Spec.ServiceAccountName = p.Spec.ServiceAccountName
+	slim.Spec.Containers = slimContainers(p.Spec.Containers)
+	slim.Spec.InitContainers = slimContainers(p.Spec.InitContainers)
+	slim.Status.Phase = p.Status.Phase
+	slim.Status.PodIP = p.Status.PodIP
+	slim.Status.PodIPs = p.Status.PodIPs
+	slim.Status.Conditions = p.Status.Conditions
+	return slim, nil
+}
+
+func slimContainers(cs []corev1.Container) []corev1.Container {
+	var out []corev1.Container
+	for _, c := range cs {
+		if len(c.Ports) == 0 && c.RestartPolicy == nil {
+			continue
+		}
+		out = append(out, corev1.Container{Name: c.Name, Ports: c.Ports, RestartPolicy: c.RestartPolicy})
 	}
 	return out
 }

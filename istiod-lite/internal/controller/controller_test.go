@@ -137,8 +137,8 @@ func TestSnapshot(t *testing.T) {
 	if authz := all(AuthorizationType); len(authz) != 1 || authz["mesh/allow-a"] == nil {
 		t.Errorf("authorizations %v, want mesh/allow-a only", keys(authz))
 	}
-	if len(c.skipped) != 2 {
-		t.Errorf("skipped %v, want the bad Service and the bad policy", c.skipped)
+	if len(c.idx.skipped) != 2 {
+		t.Errorf("skipped %v, want the bad Service and the bad policy", c.idx.skipped)
 	}
 
 	// A change is rebuilt and pushed; the versions of unchanged resources stay.

@@ -67,6 +67,9 @@ type PolicyOptions struct {
 	DryRun bool
 }
 
+// Root is the root namespace in effect: RootNamespace, or istio-system.
+func (o PolicyOptions) Root() string { return o.rootNamespace() }
+
 func (o PolicyOptions) rootNamespace() string {
 	if o.RootNamespace == "" {
 		return defaultPolicyRootNamespace

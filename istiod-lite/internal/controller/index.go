@@ -1,0 +1,356 @@
+package controller
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"maps"
+	"sort"
+
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/translate"
+	"github.com/ambient-lite/ambient-lite/pkg/xds"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	securityclient "istio.io/client-go/pkg/apis/security/v1"
+	"istio.io/istio/pkg/workloadapi"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+)
+
+// dirty is what changed since the last flush. The event handlers fill it; flush takes it.
+type dirty struct {
+	all        bool                // everything (first build)
+	pods       map[string]struct{} // "namespace/name"
+	services   map[string]struct{} // "namespace/name"
+	namespaces map[string]struct{} // every pod of these namespaces
+	// selections are the selectors of changed Services (old and new): the pods they
+	// select gain or lose the Service.
+	selections []selection
+	// policyNamespaces are the namespaces of changed policies: their pods' policy lists
+	// may change (every pod when the root namespace is among them).
+	policyNamespaces map[string]struct{}
+}
+
+type selection struct {
+	namespace string
+	selector  map[string]string
+}
+
+func newDirty() *dirty {
+	return &dirty{
+		pods: map[string]struct{}{}, services: map[string]struct{}{}, namespaces: map[string]struct{}{},
+		policyNamespaces: map[string]struct{}{},
+	}
+}
+
+func (d *dirty) empty() bool {
+	return !d.all && len(d.pods) == 0 && len(d.services) == 0 && len(d.namespaces) == 0 &&
+		len(d.selections) == 0 && len(d.policyNamespaces) == 0
+}
+
+// index is the controller's incremental state: the resources served and which object
+// produced each. Only Run's goroutine touches it; readers see the immutable snapshots it
+// publishes.
+type index struct {
+	addresses      map[string]*xds.Resource // published copy-on-write
+	authorizations map[string]*xds.Resource // published copy-on-write
+	podNames       map[string]string        // pod key → resource name
+	serviceNames   map[string]string        // service key → resource name
+	selecting      selectorIndex
+	// skipped maps objects that did not translate to the reason, so that each problem is
+	// logged once rather than on every flush.
+	skipped map[string]string
+}
+
+func newIndex() *index {
+	return &index{
+		addresses: map[string]*xds.Resource{}, authorizations: map[string]*xds.Resource{},
+		podNames: map[string]string{}, serviceNames: map[string]string{},
+		selecting: selectorIndex{}, skipped: map[string]string{},
+	}
+}
+
+// changes are the resource names whose version changed or that were removed, per type.
+type changes map[string][]string
+
+// apply retranslates what d marks dirty, publishes the new maps and returns the changed
+// names and the newly skipped objects with their reasons.
+func (x *index) apply(c *Controller, d *dirty) (changes, map[string]string) {
+	out := changes{}
+	fresh := map[string]string{}
+	skip := func(object, reason string) {
+		if x.skipped[object] != reason {
+			fresh[object] = reason
+		}
+		x.skipped[object] = reason
+	}
+	unskip := func(object string) { delete(x.skipped, object) }
+
+	aps, err := c.authzs.List(labels.Everything())
+	if err != nil {
+		skip("AuthorizationPolicy lister", err.Error())
+	}
+	pas, err := c.peerAuths.List(labels.Everything())
+	if err != nil {
+		skip("PeerAuthentication lister", err.Error())
+	}
+	sortObjects(aps)
+	sortObjects(pas)
+	root := c.opts.Policy.Root()
+
+	// Policies are few: any policy change retranslates all of them.
+	if d.all || len(d.policyNamespaces) > 0 {
+		next := map[string]*xds.Resource{}
+		policies, policySkips := translate.Policies(aps, pas, c.opts.Policy)
+		now := map[string]string{}
+		for _, s := range policySkips {
+			now[s.Policy] = s.Reason
+		}
+		for object := range x.skipped {
+			if _, still := now[object]; isPolicyObject(object) && !still {
+				unskip(object)
+			}
+		}
+		for object, reason := range now {
+			skip(object, reason)
+		}
+		for _, a := range policies {
+			name := a.Namespace + "/" + a.Name
+			r, err := resource(AuthorizationType, name, a)
+			if err != nil {
+				skip("Authorization "+name, err.Error())
+				continue
+			}
+			next[name] = r
+		}
+		out[AuthorizationType] = changedNames(x.authorizations, next)
+		x.authorizations = next
+	}
+
+	addresses := x.addresses
+	cloned := false
+	set := func(name string, r *xds.Resource) {
+		old, ok := addresses[name]
+		if r == nil && !ok || r != nil && ok && old.Version == r.Version {
+			return
+		}
+		if !cloned {
+			addresses, cloned = maps.Clone(addresses), true
+		}
+		if r == nil {
+			delete(addresses, name)
+		} else {
+			addresses[name] = r
+		}
+		out[AddressType] = append(out[AddressType], name)
+	}
+
+	// Services: the selector index is rebuilt (cheap: one entry per Service) whenever a
+	// Service changed, then each changed Service is retranslated.
+	if d.all || len(d.services) > 0 {
+		services, err := c.services.List(labels.Everything())
+		if err != nil {
+			skip("Service lister", err.Error())
+		}
+		x.selecting = selectorIndex{}
+		for _, svc := range services {
+			x.selecting.add(svc)
+		}
+		keys := d.services
+		if d.all {
+			keys = map[string]struct{}{}
+			for _, svc := range services {
+				keys[svc.Namespace+"/"+svc.Name] = struct{}{}
+			}
+		}
+		for key := range keys {
+			ns, name := splitKey(key)
+			object := "Service " + key
+			svc, err := c.services.Services(ns).Get(name)
+			var s *workloadapi.Service
+			ok := false
+			if err == nil {
+				s, ok = translate.Service(svc, c.opts.Translate)
+				if !ok && svc.Spec.Type != corev1.ServiceTypeExternalName {
+					skip(object, "cluster IP does not parse")
+				} else {
+					unskip(object)
+				}
+			} else {
+				unskip(object)
+			}
+			if !ok {
+				if old, had := x.serviceNames[key]; had {
+					set(old, nil)
+					delete(x.serviceNames, key)
+				}
+				continue
+			}
+			rname := s.Namespace + "/" + s.Hostname
+			r, err := resource(AddressType, rname, &workloadapi.Address{Type: &workloadapi.Address_Service{Service: s}})
+			if err != nil {
+				skip(object, err.Error())
+				continue
+			}
+			if old, had := x.serviceNames[key]; had && old != rname {
+				set(old, nil)
+			}
+			x.serviceNames[key] = rname
+			set(rname, r)
+		}
+	}
+
+	// Pods: the changed ones, those of changed namespaces, those a changed Service
+	// selects or selected, and those whose policies may have changed.
+	pods := map[string]*corev1.Pod{}
+	gone := map[string]struct{}{}
+	addPods := func(list []*corev1.Pod) {
+		for _, p := range list {
+			pods[p.Namespace+"/"+p.Name] = p
+		}
+	}
+	if _, rootChanged := d.policyNamespaces[root]; d.all || rootChanged {
+		list, err := c.pods.List(labels.Everything())
+		if err != nil {
+			skip("Pod lister", err.Error())
+		}
+		addPods(list)
+		for key := range x.podNames {
+			if _, ok := pods[key]; !ok {
+				gone[key] = struct{}{}
+			}
+		}
+	} else {
+		for ns := range d.namespaces {
+			list, _ := c.pods.Pods(ns).List(labels.Everything())
+			addPods(list)
+		}
+		for ns := range d.policyNamespaces {
+			list, _ := c.pods.Pods(ns).List(labels.Everything())
+			addPods(list)
+		}
+		for _, s := range d.selections {
+			if len(s.selector) == 0 {
+				continue
+			}
+			list, _ := c.pods.Pods(s.namespace).List(labels.SelectorFromSet(s.selector))
+			addPods(list)
+		}
+	}
+	for key := range d.pods {
+		ns, name := splitKey(key)
+		p, err := c.pods.Pods(ns).Get(name)
+		if err != nil {
+			delete(pods, key)
+			gone[key] = struct{}{}
+			continue
+		}
+		pods[key] = p
+	}
+	for key := range gone {
+		if old, had := x.podNames[key]; had {
+			set(old, nil)
+			delete(x.podNames, key)
+		}
+		unskip("Pod " + key)
+	}
+	for key, pod := range pods {
+		ns, _ := c.namespaces.Get(pod.Namespace)
+		w, ok := translate.Workload(enrolled(pod, ns), ns, x.selecting.candidates(pod), c.opts.Translate)
+		if !ok { // no IP yet, or finished: not a workload (not an error)
+			if old, had := x.podNames[key]; had {
+				set(old, nil)
+				delete(x.podNames, key)
+			}
+			unskip("Pod " + key)
+			continue
+		}
+		w.AuthorizationPolicies = translate.WorkloadPolicies(pod.Namespace, pod.Labels, aps, pas, c.opts.Policy)
+		r, err := resource(AddressType, w.Uid, &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: w}})
+		if err != nil {
+			skip("Pod "+key, err.Error())
+			continue
+		}
+		unskip("Pod " + key)
+		if old, had := x.podNames[key]; had && old != w.Uid {
+			set(old, nil)
+		}
+		x.podNames[key] = w.Uid
+		set(w.Uid, r)
+	}
+	x.addresses = addresses
+	return out, fresh
+}
+
+// changedNames lists the names whose version differs between a and b, or that only one has.
+func changedNames(a, b map[string]*xds.Resource) []string {
+	var out []string
+	for name, r := range b {
+		if old, ok := a[name]; !ok || old.Version != r.Version {
+			out = append(out, name)
+		}
+	}
+	for name := range a {
+		if _, ok := b[name]; !ok {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+func isPolicyObject(object string) bool {
+	for _, prefix := range []string{"AuthorizationPolicy ", "PeerAuthentication ", "Authorization "} {
+		if len(object) > len(prefix) && object[:len(prefix)] == prefix {
+			return true
+		}
+	}
+	return false
+}
+
+func splitKey(key string) (namespace, name string) {
+	for i := 0; i < len(key); i++ {
+		if key[i] == '/' {
+			return key[:i], key[i+1:]
+		}
+	}
+	return "", key
+}
+
+// sortObjects orders policies by namespace and name, so the translation, whose ties go to
+// the first in the list, does not depend on the lister's map order.
+func sortObjects[T interface {
+	GetNamespace() string
+	GetName() string
+}](objs []T) {
+	sort.Slice(objs, func(i, j int) bool {
+		if objs[i].GetNamespace() != objs[j].GetNamespace() {
+			return objs[i].GetNamespace() < objs[j].GetNamespace()
+		}
+		return objs[i].GetName() < objs[j].GetName()
+	})
+}
+
+// resource marshals m deterministically; its version is a short hash of those bytes.
+func resource(typeURL, name string, m proto.Message) (*xds.Resource, error) {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("marshalling %s %s: %w", typeURL, name, err)
+	}
+	sum := sha256.Sum256(b)
+	return &xds.Resource{
+		Name:     name,
+		Version:  hex.EncodeToString(sum[:8]),
+		Resource: &anypb.Any{TypeUrl: typeURL, Value: b},
+	}, nil
+}
+
+// policyKeys are the namespaces of policies, for the dirty set.
+func policyNamespace(obj any) (string, bool) {
+	switch p := obj.(type) {
+	case *securityclient.AuthorizationPolicy:
+		return p.Namespace, true
+	case *securityclient.PeerAuthentication:
+		return p.Namespace, true
+	}
+	return "", false
+}
