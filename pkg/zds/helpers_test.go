@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"log/slog"
+
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	"istio.io/istio/pkg/zdsapi"
@@ -210,6 +212,9 @@ func (r *recorder) closeAll() {
 // startServer runs a Server until the test ends.
 func startServer(t *testing.T, opts ServerOptions) *Server {
 	t.Helper()
+	if opts.Log == nil {
+		opts.Log = testLog(t)
+	}
 	s, err := NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -232,6 +237,9 @@ func startServer(t *testing.T, opts ServerOptions) *Server {
 // startClient runs a Client until the test ends (or stop is called).
 func startClient(t *testing.T, opts ClientOptions) (c *Client, stop func()) {
 	t.Helper()
+	if opts.Log == nil {
+		opts.Log = testLog(t)
+	}
 	if opts.MinBackoff == 0 {
 		opts.MinBackoff, opts.MaxBackoff = 10*time.Millisecond, 100*time.Millisecond
 	}
@@ -341,3 +349,8 @@ func ctxT(t *testing.T) context.Context {
 }
 
 func protoUnmarshal(b []byte, m proto.Message) error { return proto.Unmarshal(b, m) }
+
+// testLog writes to the test's output, shown only when it fails or with -v.
+func testLog(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}

@@ -283,8 +283,10 @@ func (s *Server) Add(ctx context.Context, w Workload) error {
 	}
 	s.mu.Lock()
 	var c *serverConn
-	if n := len(s.conns); n > 0 {
-		c = s.conns[n-1]
+	for i := len(s.conns) - 1; i >= 0 && c == nil; i-- {
+		if !s.conns[i].isClosed() {
+			c = s.conns[i]
+		}
 	}
 	s.mu.Unlock()
 	if c == nil {
@@ -366,6 +368,15 @@ type serverConn struct {
 	buf  [MaxMessageSize]byte
 }
 
+func (c *serverConn) isClosed() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
 func (c *serverConn) close() {
 	c.once.Do(func() {
 		close(c.done)
@@ -422,7 +433,9 @@ func (s *Server) serve(c *serverConn) {
 	err = s.sendSnapshot(c, snap, log)
 	c.release()
 	if err != nil {
-		log.Warn("zds snapshot not delivered; dropping connection", "err", err)
+		if s.ctx.Err() == nil {
+			log.Warn("zds snapshot not delivered; dropping connection", "err", err)
+		}
 		return
 	}
 	t := time.NewTicker(s.opts.Keepalive)
@@ -434,7 +447,9 @@ func (s *Server) serve(c *serverConn) {
 		case <-t.C:
 		}
 		if err := s.probe(c); err != nil {
-			log.Info("ztunnel disconnected", "reason", err)
+			if s.ctx.Err() == nil {
+				log.Info("ztunnel disconnected", "reason", err)
+			}
 			return
 		}
 	}
@@ -482,6 +497,12 @@ func (s *Server) register(c *serverConn) ([]snapshotItem, error) {
 		snap = append(snap, it)
 	}
 	return snap, nil
+}
+
+// drop closes c and forgets it at once, so the next Add picks another connection.
+func (s *Server) drop(c *serverConn) {
+	c.close()
+	s.unregister(c)
 }
 
 func (s *Server) unregister(c *serverConn) {
@@ -554,17 +575,17 @@ func (s *Server) exchangeLocked(c *serverConn, req *zdsapi.WorkloadRequest, fd i
 		}
 	}
 	if err != nil {
-		c.close()
+		s.drop(c)
 		return err
 	}
 	var resp zdsapi.WorkloadResponse
 	if err := proto.Unmarshal(b, &resp); err != nil {
-		c.close()
+		s.drop(c)
 		return fmt.Errorf("decoding ack: %w", err)
 	}
 	ack := resp.GetAck()
 	if ack == nil {
-		c.close()
+		s.drop(c)
 		return errors.New("ztunnel answered without an ack")
 	}
 	if ack.GetError() != "" {

@@ -144,7 +144,7 @@ func TestReplay(t *testing.T) {
 	path := sockPath(t)
 	ns := openNetns(t)
 	defer ns.Close()
-	s1, err := NewServer(ServerOptions{Path: path, Restore: []Workload{
+	s1, err := NewServer(ServerOptions{Path: path, Log: testLog(t), Restore: []Workload{
 		{UID: "b", Info: info("pb"), Netns: ns},
 		{UID: "a", Info: info("pa"), Netns: ns},
 		{UID: "k"}, // netns unknown: replayed as keep
@@ -382,7 +382,7 @@ func TestCloseReleases(t *testing.T) {
 	checkLeaks(t)
 	path := sockPath(t)
 	ns := openNetns(t)
-	s, err := NewServer(ServerOptions{Path: path, Restore: []Workload{{UID: "a", Netns: ns}}})
+	s, err := NewServer(ServerOptions{Path: path, Log: testLog(t), Restore: []Workload{{UID: "a", Netns: ns}}})
 	ns.Close()
 	if err != nil {
 		t.Fatal(err)
@@ -390,7 +390,7 @@ func TestCloseReleases(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- s.Run(context.Background()) }()
 	r := newRecorder()
-	c, err := NewClient(ClientOptions{Path: path, Handler: r, MinBackoff: time.Millisecond})
+	c, err := NewClient(ClientOptions{Path: path, Handler: r, Log: testLog(t), MinBackoff: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
