@@ -242,24 +242,46 @@ func (k *kubeClient) getNamespace(ctx context.Context, name string) (*corev1.Nam
 }
 
 // get GETs p into out. Connection failures, 429 and 5xx are retried with backoff until ctx
-// ends; the last error is returned then. Other answers are final.
+// ends; the last informative error is returned then. Other answers, and TLS verification
+// failures, are final.
 func (k *kubeClient) get(ctx context.Context, p string, out any) error {
 	wait := k.retryBase
-	for {
+	var last error
+	for attempt := 1; ; attempt++ {
 		err := k.getOnce(ctx, p, out)
-		var ae *apiError
-		if err == nil || (errors.As(err, &ae) && !ae.transient()) {
+		if err == nil || !transient(err) {
 			return err
+		}
+		if ctx.Err() == nil || last == nil {
+			last = err // keep the cause, not the deadline that cut the next attempt short
 		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("%w (gave up retrying: %v)", err, context.Cause(ctx))
+			return fmt.Errorf("%w (gave up after %d attempts: %v)", last, attempt, context.Cause(ctx))
 		case <-t.C:
 		}
 		wait = min(2*wait, k.retryMax)
 	}
+}
+
+// transient reports whether a failed GET may succeed if repeated.
+func transient(err error) bool {
+	var (
+		ae      *apiError
+		verify  *tls.CertificateVerificationError
+		unknown x509.UnknownAuthorityError
+		host    x509.HostnameError
+		invalid x509.CertificateInvalidError
+	)
+	switch {
+	case errors.As(err, &ae):
+		return ae.transient()
+	case errors.As(err, &verify), errors.As(err, &unknown), errors.As(err, &host), errors.As(err, &invalid):
+		return false
+	}
+	return true
 }
 
 func (k *kubeClient) getOnce(ctx context.Context, p string, out any) error {
