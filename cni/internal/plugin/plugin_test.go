@@ -643,7 +643,7 @@ func TestKubeconfig(t *testing.T) {
 		{"http server rejected", "clusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:1\nusers:\n- name: u\n  user:\n    token: x\n", "https://"},
 		{"no token", cluster("    certificate-authority: ca.crt\n") + "users:\n- name: u\n  user: {}\n", "no bearer token"},
 		{"unknown current context", "current-context: nope\n" + cluster("") + "users:\n- name: u\n  user:\n    token: x\n", `"nope"`},
-		{"CA that did not sign the server", cluster("    certificate-authority-data: " + base64.StdEncoding.EncodeToString(otherCA(t)) + "\n") +
+		{"CA that did not sign the server", cluster("    certificate-authority-data: "+base64.StdEncoding.EncodeToString(otherCA(t))+"\n") +
 			"users:\n- name: u\n  user:\n    token: x\n", "certificate signed by unknown authority"},
 		{"not YAML", "clusters: [", "parsing YAML"},
 	}
