@@ -6,7 +6,7 @@
  * ztunnel's in-pod listening sockets, which ztunnel stores in a SOCKMAP with fixed slots:
  *
  *   inbound  TCP arriving on a non-loopback interface, to any port but HBONE (15008), and
- *            not from a probe source (kubelet)                    -> slot 1 (ztunnel :15006)
+ *            not from a probe source (kubelet) or the pod itself  -> slot 1 (ztunnel :15006)
  *   outbound TCP arriving on loopback to an address that is neither 127.0.0.0/8 nor one
  *            of the pod's own addresses: the pod's own connections, made locally
  *            deliverable by the policy-routing rule the loader adds  -> slot 0 (ztunnel :15001)
@@ -90,7 +90,13 @@ int ambient_redirect(struct bpf_sk_lookup *ctx)
 	} else {
 		if (ctx->local_port == hbone_port)
 			return SK_PASS;
-		if (addr_flags(ctx->remote_ip4) & ADDR_PROBE_SRC)
+		/*
+		 * The pod talking to one of its own addresses: the kernel reports the
+		 * interface holding that address (eth0), not lo, as the ingress interface.
+		 * A packet from the wire with a spoofed pod source gets here too, but its
+		 * SYN-ACK is delivered locally, so it cannot complete a handshake.
+		 */
+		if (addr_flags(ctx->remote_ip4) & (ADDR_POD_IP | ADDR_PROBE_SRC))
 			return SK_PASS;
 		slot = SLOT_INBOUND;
 	}

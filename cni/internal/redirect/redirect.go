@@ -34,7 +34,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strings"
 
 	"github.com/ambient-lite/ambient-lite/pkg/capture"
 	"github.com/cilium/ebpf"
@@ -45,17 +47,28 @@ import (
 )
 
 // Table is the routing table, in the pod netns, holding the single route
-// `local 0.0.0.0/0 dev lo` that makes the pod's unmarked outbound TCP locally deliverable.
-// Istio's in-pod rules use the same number.
+// `local 0.0.0.0/0 dev lo src <pod IP>` that makes the pod's outbound TCP locally
+// deliverable, so the program sees it arrive on loopback. Istio's in-pod rules use the
+// same number.
 const Table = 100
 
-// Rule priorities in the pod netns; both come before the main table (32766).
+// Rule priorities in the pod netns, all before the main table's (32766):
+//
+//	32760: fwmark 0x539/0xfff lookup main       ztunnel's own sockets route normally
+//	32761: to <probe source> lookup main        replies to kubelet probes leave the pod
+//	32762: ipproto tcp lookup 100               all other TCP is delivered locally
+//
+// The brief's single `not fwmark 0x539/0xfff ipproto tcp lookup 100` cannot be used: a
+// rule's `not` inverts the whole selector, so it would also match every non-TCP packet
+// (UDP and ICMP would be delivered locally and lost).
 const (
+	// MarkPriority is the priority of `fwmark Mark/MarkMask lookup main`.
+	MarkPriority = 32760
 	// ProbePriority is the priority of the `to <probe source> lookup main` rules, which keep
 	// the pod's replies to kubelet probes out of Table.
-	ProbePriority = 32760
-	// CapturePriority is the priority of `not fwmark Mark/MarkMask ipproto tcp lookup Table`.
-	CapturePriority = 32761
+	ProbePriority = 32761
+	// CapturePriority is the priority of `ipproto tcp lookup Table`.
+	CapturePriority = 32762
 )
 
 // HBONEPort is the inbound port the program never steers: ztunnel's HBONE listener.
@@ -160,7 +173,17 @@ func Install(netnsPath, pinDir string, cfg Config) (err error) {
 	if err := os.MkdirAll(pinDir, 0o700); err != nil {
 		return fmt.Errorf("creating pin directory: %w", err)
 	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(pinDir, &fs); err != nil {
+		return fmt.Errorf("pin directory %s: %w", pinDir, err)
+	}
+	if fs.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("pin directory %s is not on a bpffs mount (mount -t bpf bpf <dir>)", pinDir)
+	}
 
+	if err := inNetns(ns, relaxSourceCheck); err != nil {
+		return fmt.Errorf("netns %s: %w", netnsPath, err)
+	}
 	objs, err := load(pinDir, uint32(lo.Attrs().Index), cfg)
 	if err != nil {
 		return err
@@ -403,8 +426,10 @@ func Check(netnsPath, pinDir string) error {
 	if err != nil {
 		return fmt.Errorf("netns %s: %w", netnsPath, err)
 	}
-	if !slices.ContainsFunc(rules, func(r netlink.Rule) bool { return sameRule(r, captureRule()) }) {
-		return fmt.Errorf("netns %s: capture rule (priority %d) missing", netnsPath, CapturePriority)
+	for _, w := range []*netlink.Rule{markRule(), captureRule()} {
+		if !slices.ContainsFunc(rules, func(r netlink.Rule) bool { return sameRule(r, w) }) {
+			return fmt.Errorf("netns %s: rule %s missing", netnsPath, w)
+		}
 	}
 	routes, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: Table}, netlink.RT_FILTER_TABLE)
 	if err != nil {
@@ -425,16 +450,24 @@ func inode(ns netns.NsHandle) (uint64, error) {
 	return st.Ino, nil
 }
 
-// captureRule is `not fwmark Mark/MarkMask ipproto tcp lookup Table`.
+// markRule is `fwmark Mark/MarkMask lookup main`.
+func markRule() *netlink.Rule {
+	r := netlink.NewRule()
+	r.Family = netlink.FAMILY_V4
+	r.Priority = MarkPriority
+	r.Table = unix.RT_TABLE_MAIN
+	r.Mark = capture.Mark
+	mask := uint32(capture.MarkMask)
+	r.Mask = &mask
+	return r
+}
+
+// captureRule is `ipproto tcp lookup Table`.
 func captureRule() *netlink.Rule {
 	r := netlink.NewRule()
 	r.Family = netlink.FAMILY_V4
 	r.Priority = CapturePriority
 	r.Table = Table
-	r.Mark = capture.Mark
-	mask := uint32(capture.MarkMask)
-	r.Mask = &mask
-	r.Invert = true
 	r.IPProto = unix.IPPROTO_TCP
 	return r
 }
@@ -451,7 +484,7 @@ func probeRule(src netip.Addr) *netlink.Rule {
 
 // ensureRoutes makes the netns's rules and Table route match cfg.
 func ensureRoutes(h *netlink.Handle, loIndex int, cfg Config) error {
-	want := []*netlink.Rule{captureRule()}
+	want := []*netlink.Rule{markRule(), captureRule()}
 	for _, a := range cfg.ProbeSources {
 		if a.Is4() { // IPv6 TCP is not captured, so its replies need no exemption yet
 			want = append(want, probeRule(a))
@@ -469,7 +502,7 @@ func ensureRoutes(h *netlink.Handle, loIndex int, cfg Config) error {
 		Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, Src: src,
 	}
 	if err := h.RouteReplace(r); err != nil {
-		return fmt.Errorf("adding route local 0.0.0.0/0 dev lo table %d: %w", Table, err)
+		return fmt.Errorf("adding route local 0.0.0.0/0 dev lo src %s table %d (is the pod IP assigned in the netns?): %w", src, Table, err)
 	}
 	return nil
 }
@@ -481,7 +514,7 @@ func ourRules(h *netlink.Handle) ([]netlink.Rule, error) {
 		return nil, fmt.Errorf("listing rules: %w", err)
 	}
 	return slices.DeleteFunc(all, func(r netlink.Rule) bool {
-		return r.Priority != ProbePriority && r.Priority != CapturePriority
+		return r.Priority != MarkPriority && r.Priority != ProbePriority && r.Priority != CapturePriority
 	}), nil
 }
 
@@ -526,4 +559,46 @@ func sameRule(r netlink.Rule, w *netlink.Rule) bool {
 	}
 	return r.Priority == w.Priority && r.Table == w.Table && r.Mark == w.Mark && mask(r.Mask) == mask(w.Mask) &&
 		r.Invert == w.Invert && r.IPProto == w.IPProto && dst(r.Dst) == dst(w.Dst) && r.Src == nil
+}
+
+// relaxSourceCheck sets the IPv4 sysctls, in the calling thread's netns, that the capture
+// rule needs: the kernel validates an incoming packet's source with a reverse route lookup
+// that matches `ipproto tcp lookup Table` and finds a local route, so it needs accept_local
+// (else every inbound TCP packet is a martian), and strict rp_filter (1) must become loose
+// (2), as the reverse route's device is lo. Remove leaves both in place: they only admit
+// packets whose source is a local address.
+func relaxSourceCheck() error {
+	const dir = "/proc/sys/net/ipv4/conf/"
+	if err := os.WriteFile(dir+"all/accept_local", []byte("1"), 0); err != nil {
+		return fmt.Errorf("setting accept_local: %w", err)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("reading rp_filter: %w", err)
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(dir + e.Name() + "/rp_filter")
+		if err == nil && strings.TrimSpace(string(b)) == "1" {
+			if err := os.WriteFile(dir+"all/rp_filter", []byte("2"), 0); err != nil {
+				return fmt.Errorf("setting rp_filter to loose: %w", err)
+			}
+			break
+		}
+	}
+	return nil
+}
+
+// inNetns runs f on an OS thread switched into ns. The thread is discarded afterwards
+// rather than switched back, so no other goroutine ever runs in ns by accident.
+func inNetns(ns netns.NsHandle, f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with this goroutine
+		if err := netns.Set(ns); err != nil {
+			errc <- fmt.Errorf("entering netns: %w", err)
+			return
+		}
+		errc <- f()
+	}()
+	return <-errc
 }
