@@ -813,3 +813,102 @@ func TestStatusAndGC(t *testing.T) {
 		})
 	}
 }
+
+// runSkel runs the plugin the way the binary does (skel.PluginMainFuncsWithError), with the
+// CNI environment and stdin of a runtime, and returns its stdout.
+func runSkel(t *testing.T, e *env, command string, a *skel.CmdArgs) ([]byte, error) {
+	t.Helper()
+	for k, v := range map[string]string{
+		"CNI_COMMAND": command, "CNI_CONTAINERID": a.ContainerID, "CNI_NETNS": a.Netns, "CNI_IFNAME": a.IfName,
+		"CNI_ARGS": a.Args, "CNI_PATH": "/opt/cni/bin", "CNI_NETNS_OVERRIDE": "1",
+	} {
+		t.Setenv(k, v)
+	}
+	in := writeFile(t, t.TempDir(), "stdin", string(a.StdinData))
+	stdin, err := os.Open(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldIn, oldOut := os.Stdin, os.Stdout
+	os.Stdin, os.Stdout = stdin, w
+	var terr *types.Error
+	func() {
+		defer func() { os.Stdin, os.Stdout = oldIn, oldOut }()
+		terr = skel.PluginMainFuncsWithError(e.plugin.Funcs(), plugin.SupportedVersions, "test")
+	}()
+	w.Close()
+	out, _ := io.ReadAll(r)
+	if terr != nil {
+		return out, terr
+	}
+	return out, nil
+}
+
+// TestSkel drives every command through skel, as the binary does, so the spec version
+// negotiation (which commands exist in which version) is exercised too.
+func TestSkel(t *testing.T) {
+	e := newEnv(t)
+	e.api.setPod(testPod("p", ambientLabel, nil))
+	for _, ver := range testutils.AllSpecVersions {
+		t.Run(ver, func(t *testing.T) {
+			e.agent.reset()
+			a := args(e.conf(t, ver, nil), "apps", "p")
+			out, err := runSkel(t, e, "ADD", a)
+			if !testutils.SpecVersionHasChaining(ver) {
+				var terr *types.Error
+				if !errors.As(err, &terr) || terr.Code != types.ErrIncompatibleCNIVersion {
+					t.Fatalf("ADD at %s: err = %v, want incompatible version", ver, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			assertPassedThrough(t, a.StdinData, out)
+			if adds, _, _ := e.agent.calls(); len(adds) != 1 {
+				t.Errorf("agent got %d adds, want 1", len(adds))
+			}
+			if testutils.SpecVersionHasCHECK(ver) {
+				if _, err := runSkel(t, e, "CHECK", a); err != nil {
+					t.Errorf("CHECK: %v", err)
+				}
+			}
+			if _, err := runSkel(t, e, "DEL", a); err != nil {
+				t.Errorf("DEL: %v", err)
+			}
+			if testutils.SpecVersionHasSTATUS(ver) {
+				bare := &skel.CmdArgs{StdinData: e.conf(t, ver, func(m map[string]any) { delete(m, "prevResult") })}
+				for _, cmd := range []string{"STATUS", "GC"} {
+					if _, err := runSkel(t, e, cmd, bare); err != nil {
+						t.Errorf("%s: %v", cmd, err)
+					}
+				}
+			}
+		})
+	}
+	t.Run("VERSION", func(t *testing.T) {
+		out, err := runSkel(t, e, "VERSION", &skel.CmdArgs{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var vi struct {
+			SupportedVersions []string `json:"supportedVersions"`
+		}
+		if err := json.Unmarshal(out, &vi); err != nil || strings.Join(vi.SupportedVersions, ",") != "0.3.0,0.3.1,0.4.0,1.0.0,1.1.0" {
+			t.Errorf("VERSION = %s (%v)", out, err)
+		}
+	})
+	t.Run("ADD failure is a CNI error with a code", func(t *testing.T) {
+		a := args(e.conf(t, "1.1.0", func(m map[string]any) { m["agentSocket"] = "/nonexistent/plugin.sock" }), "apps", "p")
+		_, err := runSkel(t, e, "ADD", a)
+		var terr *types.Error
+		if !errors.As(err, &terr) || terr.Code != types.ErrTryAgainLater || !strings.Contains(terr.Msg, "/nonexistent/plugin.sock") {
+			t.Errorf("err = %#v, want a try-again-later error naming the socket", err)
+		}
+	})
+}
