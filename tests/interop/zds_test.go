@@ -339,7 +339,9 @@ func TestOurServerToIstioZtunnel(t *testing.T) {
 	}
 
 	errc := make(chan error, 1)
-	go func() { errc <- s.Add(ctx, zds.Workload{UID: "u3", Info: &zdsapi.WorkloadInfo{Name: "p3"}, Netns: netns}) }()
+	go func() {
+		errc <- s.Add(ctx, zds.Workload{UID: "u3", Info: &zdsapi.WorkloadInfo{Name: "p3"}, Netns: netns})
+	}()
 	if got, n := readRequest(); got != "add u3 p3" || n != 1 {
 		t.Fatalf("got %q with %d fds", got, n)
 	}
