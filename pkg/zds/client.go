@@ -31,8 +31,9 @@ const (
 // SnapshotSent, then Add and Del as pods come and go. Add may name a uid the handler
 // already has (a replay, or a pod whose netns changed); Del may name one it does not.
 type Handler interface {
-	// Add starts serving the workload uid in netns. On success the handler owns netns and
-	// must close it; on error the Client closes it.
+	// Add starts serving the workload uid in netns (checked to be a network namespace).
+	// info may be nil. On success the handler owns netns and must close it; on error the
+	// Client closes it.
 	Add(uid string, info *zdsapi.WorkloadInfo, netns *os.File) error
 	// Keep says the workload uid still exists though the node agent has no netns to send;
 	// it comes only before SnapshotSent. Keep what you have for uid, if anything.
@@ -104,8 +105,9 @@ func (c *Client) Connected() bool {
 }
 
 // Ready reports whether the current connection has delivered its snapshot: the Handler
-// has seen SnapshotSent and holds exactly the node agent's workloads. ztunnel is not
-// ready before that.
+// has been called with SnapshotSent (whatever it returned) and so has been told exactly
+// the node agent's workloads. ztunnel is not ready before that; Ready turns false when
+// the connection ends.
 func (c *Client) Ready() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -273,7 +273,9 @@ func (s *Server) Workloads() []string {
 // Add records w (replacing any workload with its uid) and sends it to the newest
 // ztunnel, waiting for the ack. The record stays even if sending fails, so the next
 // ztunnel to connect gets it in its snapshot; remove it with Del. The error wraps
-// ErrNoZtunnel when none is connected and ErrNACK when ztunnel rejects it.
+// ErrNoZtunnel when none is connected and ErrNACK when ztunnel rejects it. ctx bounds the
+// wait for the connection (which may be replaying a snapshot); the exchange itself is
+// bounded by AckTimeout.
 func (s *Server) Add(ctx context.Context, w Workload) error {
 	if w.Netns == nil {
 		return fmt.Errorf("adding workload %q: no netns", w.UID)
