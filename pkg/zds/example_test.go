@@ -5,6 +5,7 @@ package zds_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/ambient-lite/ambient-lite/pkg/zds"
 )
+
+var quiet = slog.New(slog.DiscardHandler)
 
 // printer is a ztunnel-side Handler that prints what it is told.
 type printer struct{}
@@ -39,7 +42,7 @@ func Example() {
 	defer cancel()
 
 	netns, _ := os.Open("/proc/self/ns/net") // a pod's netns
-	server, err := zds.NewServer(zds.ServerOptions{Path: path, Restore: []zds.Workload{
+	server, err := zds.NewServer(zds.ServerOptions{Path: path, Log: quiet, Restore: []zds.Workload{
 		{UID: "uid-1", Info: &zdsapi.WorkloadInfo{Name: "web", Namespace: "shop", ServiceAccount: "web"}, Netns: netns},
 	}})
 	netns.Close() // the server keeps its own duplicate
@@ -50,7 +53,7 @@ func Example() {
 	defer server.Close()
 	go server.Run(ctx)
 
-	client, err := zds.NewClient(zds.ClientOptions{Path: path, Handler: printer{}})
+	client, err := zds.NewClient(zds.ClientOptions{Path: path, Handler: printer{}, Log: quiet})
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -127,8 +127,8 @@ func writeMsg(c *net.UnixConn, m proto.Message, fd int, deadline time.Time) erro
 	return nil
 }
 
-// Request is one decoded WorkloadRequest. Exactly one of Add, Keep, Del and Snapshot is
-// set; Netns is the AddWorkload's netns and belongs to whoever receives the Request.
+// request is one decoded WorkloadRequest; netns is set for an add only and belongs to
+// whoever receives the request.
 type request struct {
 	kind  requestKind
 	uid   string
