@@ -15,6 +15,7 @@ import (
 
 	"github.com/ambient-lite/ambient-lite/pkg/xds"
 	"github.com/ambient-lite/ambient-lite/tests/cluster"
+	"github.com/ambient-lite/ambient-lite/tests/istiodtest"
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -36,7 +37,7 @@ const (
 func BenchmarkXDSPush(b *testing.B) {
 	var t testing.TB = b
 	c := cluster.Shared(t)
-	m := startCA(t, c)
+	m := istiodtest.StartMesh(t, c)
 	ns := c.Namespace(t, map[string]string{"istio.io/dataplane-mode": "ambient"})
 	node := "node-" + ns
 	if _, err := c.Client.CoreV1().Nodes().Create(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}}, metav1.CreateOptions{}); err != nil {
@@ -51,8 +52,8 @@ func BenchmarkXDSPush(b *testing.B) {
 	load(t, client, ns, node)
 	loaded := time.Since(start)
 
-	createSA(t, c, ns, "bench")
-	token := saToken(t, c, ns, "bench", "istio-ca", nil)
+	istiodtest.CreateSA(t, c, ns, "bench")
+	token := istiodtest.SAToken(t, c, ns, "bench", "istio-ca", nil)
 	target := "Kubernetes//Pod/" + ns + "/pod-0"
 	var mu sync.Mutex
 	seen := make([]map[string]time.Time, benchStreams) // stream → version of target → arrival
@@ -62,7 +63,7 @@ func BenchmarkXDSPush(b *testing.B) {
 	for i := range benchStreams {
 		seen[i] = map[string]time.Time{}
 		cl, err := xds.NewClient(xds.ClientOptions{
-			Conn: xdsConn(t, m.istiod, m.root, token), Logger: quiet,
+			Conn: istiodtest.XDSConn(t, m.Istiod, m.Root, token), Logger: quiet,
 			Handler: func(_ string, upserts []*xds.Resource, _ []string) error {
 				now := time.Now()
 				for _, r := range upserts {
@@ -129,7 +130,7 @@ func BenchmarkXDSPush(b *testing.B) {
 	}
 	slices.Sort(latencies)
 	pct := func(p float64) time.Duration { return latencies[int(p*float64(len(latencies)-1))] }
-	rss := vmRSS(t, m.istiod.cmd.Process.Pid)
+	rss := vmRSS(t, m.PID())
 	fmt.Printf("\nxDS push benchmark: %d pods, %d services, %d streams, %d one-pod changes (loaded in %s; initial snapshot to all streams in %s)\n",
 		benchPods, benchServices, benchStreams, benchChanges, loaded.Round(time.Second), initial.Round(time.Millisecond))
 	fmt.Printf("change → stream latency: p50 %s  p99 %s  max %s (each change follows 150 ms of quiet, so the controller applies it at once; bursts wait out its 50 ms debounce; target p99 ≤ 50 ms)\n",

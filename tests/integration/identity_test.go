@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ambient-lite/ambient-lite/tests/cluster"
+	"github.com/ambient-lite/ambient-lite/tests/istiodtest"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -25,53 +26,12 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 	pb "istio.io/api/security/v1alpha1"
-	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 )
-
-// meshCA is an istiod-lite running in its own namespace, with its published root.
-type meshCA struct {
-	*istiod
-	root *x509.Certificate
-	pb   pb.IstioCertificateServiceClient
-}
-
-func startCA(t testing.TB, c *cluster.Cluster, extra ...string) meshCA {
-	t.Helper()
-	ns := c.Namespace(t, nil)
-	d := newIstiod(t, c, ns, istiodKubeconfig(t, c, ns), extra...)
-	d.start()
-	root := publishedRoot(t, c, ns)
-	return meshCA{istiod: d, root: root, pb: d.client(t, root)}
-}
-
-// saToken returns a token for ns/sa with audience aud, bound to pod when given.
-func saToken(t testing.TB, c *cluster.Cluster, ns, sa, aud string, pod *corev1.Pod) string {
-	t.Helper()
-	req := &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{Audiences: []string{aud}, ExpirationSeconds: ptr.To[int64](3600)}}
-	if pod != nil {
-		req.Spec.BoundObjectRef = &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID}
-	}
-	tr, err := c.Client.CoreV1().ServiceAccounts(ns).CreateToken(context.Background(), sa, req, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("TokenRequest for %s/%s: %v", ns, sa, err)
-	}
-	return tr.Status.Token
-}
-
-func createSA(t testing.TB, c *cluster.Cluster, ns string, names ...string) {
-	t.Helper()
-	for _, n := range names {
-		_, err := c.Client.CoreV1().ServiceAccounts(ns).Create(context.Background(), &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-}
 
 // csrFor returns a PEM CSR naming spiffeID, and its key.
 func csrFor(t testing.TB, spiffeID string) (string, crypto.Signer) {
@@ -92,7 +52,7 @@ func csrFor(t testing.TB, spiffeID string) (string, crypto.Signer) {
 }
 
 // ask sends CreateCertificate for spiffeID with token, impersonating when asked.
-func (m meshCA) ask(t testing.TB, token, spiffeID string, impersonate bool, ttl int64) (*pb.IstioCertificateResponse, error) {
+func ask(m istiodtest.Mesh, t testing.TB, token, spiffeID string, impersonate bool, ttl int64) (*pb.IstioCertificateResponse, error) {
 	t.Helper()
 	csr, _ := csrFor(t, spiffeID)
 	req := &pb.IstioCertificateRequest{Csr: csr, ValidityDuration: ttl}
@@ -101,7 +61,7 @@ func (m meshCA) ask(t testing.TB, token, spiffeID string, impersonate bool, ttl 
 	}
 	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+token), 10*time.Second)
 	defer cancel()
-	return m.pb.CreateCertificate(ctx, req)
+	return m.CA.CreateCertificate(ctx, req)
 }
 
 func parseChain(t testing.TB, pems []string) []*x509.Certificate {
@@ -133,12 +93,12 @@ func wantCode(t testing.TB, err error, code codes.Code, msgPart string) {
 // x509svid.Verify accepts against the root published in the workload's namespace.
 func TestWorkloadCertificate(t *testing.T) {
 	c := cluster.Shared(t)
-	m := startCA(t, c)
+	m := istiodtest.StartMesh(t, c)
 	app := c.Namespace(t, nil)
-	createSA(t, c, app, "productpage")
+	istiodtest.CreateSA(t, c, app, "productpage")
 	id := "spiffe://cluster.local/ns/" + app + "/sa/productpage"
 
-	resp, err := m.ask(t, saToken(t, c, app, "productpage", "istio-ca", nil), id, false, 3600)
+	resp, err := ask(m, t, istiodtest.SAToken(t, c, app, "productpage", "istio-ca", nil), id, false, 3600)
 	if err != nil {
 		t.Fatalf("CreateCertificate: %v", err)
 	}
@@ -150,7 +110,7 @@ func TestWorkloadCertificate(t *testing.T) {
 	if life := time.Until(leaf.NotAfter); life < 59*time.Minute || life > 61*time.Minute {
 		t.Errorf("leaf valid for another %s, want ~1h", life)
 	}
-	appRoot := publishedRoot(t, c, app) // what a workload in that namespace trusts
+	appRoot := istiodtest.PublishedRoot(t, c, app) // what a workload in that namespace trusts
 	if !chain[len(chain)-1].Equal(appRoot) {
 		t.Error("chain does not end with the published root")
 	}
@@ -161,7 +121,7 @@ func TestWorkloadCertificate(t *testing.T) {
 	}
 
 	// The maximum validity is enforced whatever is asked.
-	resp, err = m.ask(t, saToken(t, c, app, "productpage", "istio-ca", nil), id, false, 30*24*3600)
+	resp, err = ask(m, t, istiodtest.SAToken(t, c, app, "productpage", "istio-ca", nil), id, false, 30*24*3600)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,41 +134,41 @@ func TestWorkloadCertificate(t *testing.T) {
 // absent tokens are Unauthenticated; a malformed CSR is InvalidArgument.
 func TestCallerRefusals(t *testing.T) {
 	c := cluster.Shared(t)
-	m := startCA(t, c)
+	m := istiodtest.StartMesh(t, c)
 	app := c.Namespace(t, nil)
-	createSA(t, c, app, "a", "b")
+	istiodtest.CreateSA(t, c, app, "a", "b")
 	idA := "spiffe://cluster.local/ns/" + app + "/sa/a"
 	idB := "spiffe://cluster.local/ns/" + app + "/sa/b"
-	tokenA := saToken(t, c, app, "a", "istio-ca", nil)
+	tokenA := istiodtest.SAToken(t, c, app, "a", "istio-ca", nil)
 
-	_, err := m.ask(t, tokenA, idB, false, 0)
+	_, err := ask(m, t, tokenA, idB, false, 0)
 	wantCode(t, err, codes.PermissionDenied, "may only request its own identity")
 
-	_, err = m.ask(t, saToken(t, c, app, "a", "some-other-audience", nil), idA, false, 0)
+	_, err = ask(m, t, istiodtest.SAToken(t, c, app, "a", "some-other-audience", nil), idA, false, 0)
 	wantCode(t, err, codes.Unauthenticated, "istio-ca")
 
 	expired, err := c.SignServiceAccountToken(app, "a", []string{"istio-ca"}, time.Now().Add(-time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = m.ask(t, expired, idA, false, 0)
+	_, err = ask(m, t, expired, idA, false, 0)
 	wantCode(t, err, codes.Unauthenticated, "expired")
 	// The same signing path with a live expiry is accepted: the refusal above is the expiry.
 	live, err := c.SignServiceAccountToken(app, "a", []string{"istio-ca"}, time.Now().Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.ask(t, live, idA, false, 0); err != nil {
+	if _, err := ask(m, t, live, idA, false, 0); err != nil {
 		t.Fatalf("a live token from the same signer was refused: %v", err)
 	}
 
-	_, err = m.ask(t, tokenA, "spiffe://cluster.local/ns/"+app+"/sa/a", true, 0)
+	_, err = ask(m, t, tokenA, "spiffe://cluster.local/ns/"+app+"/sa/a", true, 0)
 	wantCode(t, err, codes.PermissionDenied, "not a trusted node account")
 
 	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tokenA)
-	_, err = m.pb.CreateCertificate(ctx, &pb.IstioCertificateRequest{Csr: "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"})
+	_, err = m.CA.CreateCertificate(ctx, &pb.IstioCertificateRequest{Csr: "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"})
 	wantCode(t, err, codes.InvalidArgument, "invalid CSR")
-	_, err = m.pb.CreateCertificate(context.Background(), &pb.IstioCertificateRequest{Csr: "x"})
+	_, err = m.CA.CreateCertificate(context.Background(), &pb.IstioCertificateRequest{Csr: "x"})
 	wantCode(t, err, codes.Unauthenticated, "no bearer token")
 }
 
@@ -216,10 +176,10 @@ func TestCallerRefusals(t *testing.T) {
 // caller's node.
 func TestNodeImpersonation(t *testing.T) {
 	c := cluster.Shared(t)
-	m := startCA(t, c)
+	m := istiodtest.StartMesh(t, c)
 	app := c.Namespace(t, nil)
-	createSA(t, c, m.ns, "ztunnel")
-	createSA(t, c, app, "cart", "payments", "idle")
+	istiodtest.CreateSA(t, c, m.NS, "ztunnel")
+	istiodtest.CreateSA(t, c, app, "cart", "payments", "idle")
 	nodeA, nodeB := "node-a-"+app, "node-b-"+app
 	for _, n := range []string{nodeA, nodeB} {
 		if _, err := c.Client.CoreV1().Nodes().Create(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{}); err != nil {
@@ -227,34 +187,34 @@ func TestNodeImpersonation(t *testing.T) {
 		}
 		t.Cleanup(func() { _ = c.Client.CoreV1().Nodes().Delete(context.Background(), n, metav1.DeleteOptions{}) })
 	}
-	ztunnelPod := createPod(t, c, m.ns, "ztunnel-a", "ztunnel", nodeA)
+	ztunnelPod := createPod(t, c, m.NS, "ztunnel-a", "ztunnel", nodeA)
 	cartPod := createPod(t, c, app, "cart-1", "cart", nodeA)
 	createPod(t, c, app, "payments-1", "payments", nodeB)
-	zt := saToken(t, c, m.ns, "ztunnel", "istio-ca", ztunnelPod)
+	zt := istiodtest.SAToken(t, c, m.NS, "ztunnel", "istio-ca", ztunnelPod)
 	id := func(sa string) string { return "spiffe://cluster.local/ns/" + app + "/sa/" + sa }
 
 	// The pod index follows the informer: allow a moment for the pods to arrive.
 	var resp *pb.IstioCertificateResponse
 	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
 		var err error
-		resp, err = m.ask(t, zt, id("cart"), true, 0)
+		resp, err = ask(m, t, zt, id("cart"), true, 0)
 		return err == nil, nil
 	})
 	if err != nil {
-		_, err := m.ask(t, zt, id("cart"), true, 0)
+		_, err := ask(m, t, zt, id("cart"), true, 0)
 		t.Fatalf("ztunnel on %s asking for cart (pod on %s): %v", nodeA, nodeA, err)
 	}
 	if got := parseChain(t, resp.CertChain)[0].URIs[0].String(); got != id("cart") {
 		t.Errorf("impersonated certificate is for %s, want %s", got, id("cart"))
 	}
 
-	_, err = m.ask(t, zt, id("payments"), true, 0)
+	_, err = ask(m, t, zt, id("payments"), true, 0)
 	wantCode(t, err, codes.PermissionDenied, "no pod running as "+app+"/payments is on node "+nodeA)
-	_, err = m.ask(t, zt, id("idle"), true, 0)
+	_, err = ask(m, t, zt, id("idle"), true, 0)
 	wantCode(t, err, codes.PermissionDenied, "no pod running as "+app+"/idle")
 
 	// A token not bound to a pod cannot impersonate, even for a trusted account.
-	_, err = m.ask(t, saToken(t, c, m.ns, "ztunnel", "istio-ca", nil), id("cart"), true, 0)
+	_, err = ask(m, t, istiodtest.SAToken(t, c, m.NS, "ztunnel", "istio-ca", nil), id("cart"), true, 0)
 	wantCode(t, err, codes.PermissionDenied, "pod-bound token")
 
 	// Once the cart pod is gone from the node, so is ztunnel's right to its identity.
@@ -262,7 +222,7 @@ func TestNodeImpersonation(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
-		_, err := m.ask(t, zt, id("cart"), true, 0)
+		_, err := ask(m, t, zt, id("cart"), true, 0)
 		return status.Code(err) == codes.PermissionDenied, nil
 	})
 	if err != nil {
@@ -289,30 +249,30 @@ func createPod(t testing.TB, c *cluster.Cluster, ns, name, sa, node string) *cor
 func TestRootIsStableAcrossInstances(t *testing.T) {
 	c := cluster.Shared(t)
 	ns := c.Namespace(t, nil)
-	kubeconfig := istiodKubeconfig(t, c, ns)
-	a, b := newIstiod(t, c, ns, kubeconfig), newIstiod(t, c, ns, kubeconfig)
+	kubeconfig := istiodtest.Kubeconfig(t, c, ns)
+	a, b := istiodtest.New(t, ns, kubeconfig), istiodtest.New(t, ns, kubeconfig)
 	var wg sync.WaitGroup
-	for _, d := range []*istiod{a, b} {
+	for _, d := range []*istiodtest.Istiod{a, b} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			d.start()
+			d.Start()
 		}()
 	}
 	wg.Wait()
 	if t.Failed() {
 		return
 	}
-	root := publishedRoot(t, c, ns)
+	root := istiodtest.PublishedRoot(t, c, ns)
 	app := c.Namespace(t, nil)
-	createSA(t, c, app, "w")
+	istiodtest.CreateSA(t, c, app, "w")
 	id := "spiffe://cluster.local/ns/" + app + "/sa/w"
-	issuedRoot := func(d *istiod) *x509.Certificate {
+	issuedRoot := func(d *istiodtest.Istiod) *x509.Certificate {
 		t.Helper()
-		m := meshCA{istiod: d, root: root, pb: d.client(t, root)} // TLS to each instance verifies against the one root
-		resp, err := m.ask(t, saToken(t, c, app, "w", "istio-ca", nil), id, false, 0)
+		m := istiodtest.Mesh{Istiod: d, Root: root, CA: d.CAClient(t, root)} // TLS to each instance verifies against the one root
+		resp, err := ask(m, t, istiodtest.SAToken(t, c, app, "w", "istio-ca", nil), id, false, 0)
 		if err != nil {
-			t.Fatalf("instance %s: %v", d.grpcAddr, err)
+			t.Fatalf("instance %s: %v", d.GRPCAddr, err)
 		}
 		chain := parseChain(t, resp.CertChain)
 		return chain[len(chain)-1]
@@ -321,9 +281,9 @@ func TestRootIsStableAcrossInstances(t *testing.T) {
 		t.Fatal("the two instances sign with different roots")
 	}
 
-	a.stop()
-	b.stop()
-	a.start()
+	a.Stop()
+	b.Stop()
+	a.Start()
 	if !issuedRoot(a).Equal(root) {
 		t.Fatal("the root changed across a restart")
 	}
@@ -349,16 +309,16 @@ func mustParse(t testing.TB, der []byte) *x509.Certificate {
 // The root ConfigMap reaches new namespaces and is restored when deleted or edited.
 func TestRootPublishedEverywhere(t *testing.T) {
 	c := cluster.Shared(t)
-	m := startCA(t, c)
+	m := istiodtest.StartMesh(t, c)
 	ns := c.Namespace(t, nil)
-	if got := publishedRoot(t, c, ns); !got.Equal(m.root) {
+	if got := istiodtest.PublishedRoot(t, c, ns); !got.Equal(m.Root) {
 		t.Fatal("a new namespace got a different root")
 	}
 	cms := c.Client.CoreV1().ConfigMaps(ns)
 	if err := cms.Delete(context.Background(), "istio-ca-root-cert", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if got := publishedRoot(t, c, ns); !got.Equal(m.root) {
+	if got := istiodtest.PublishedRoot(t, c, ns); !got.Equal(m.Root) {
 		t.Fatal("the deleted ConfigMap came back with a different root")
 	}
 	patch := []byte(`{"data":{"root-cert.pem":"tampered"}}`)
@@ -411,16 +371,16 @@ func TestPluginCA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := newIstiod(t, c, ns, istiodKubeconfig(t, c, ns))
-	d.start()
-	if published := publishedRoot(t, c, ns); !published.Equal(root) {
+	d := istiodtest.New(t, ns, istiodtest.Kubeconfig(t, c, ns))
+	d.Start()
+	if published := istiodtest.PublishedRoot(t, c, ns); !published.Equal(root) {
 		t.Fatalf("published root is %s, want the plug-in root", published.Subject)
 	}
-	m := meshCA{istiod: d, root: root, pb: d.client(t, root)}
+	m := istiodtest.Mesh{Istiod: d, Root: root, CA: d.CAClient(t, root)}
 	app := c.Namespace(t, nil)
-	createSA(t, c, app, "w")
+	istiodtest.CreateSA(t, c, app, "w")
 	id := "spiffe://cluster.local/ns/" + app + "/sa/w"
-	resp, err := m.ask(t, saToken(t, c, app, "w", "istio-ca", nil), id, false, 0)
+	resp, err := ask(m, t, istiodtest.SAToken(t, c, app, "w", "istio-ca", nil), id, false, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

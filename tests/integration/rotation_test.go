@@ -18,6 +18,7 @@ import (
 	"github.com/ambient-lite/ambient-lite/pkg/identity"
 	"github.com/ambient-lite/ambient-lite/pkg/secrets"
 	"github.com/ambient-lite/ambient-lite/tests/cluster"
+	"github.com/ambient-lite/ambient-lite/tests/istiodtest"
 )
 
 // observation is one TLS handshake against a server whose certificate comes from the manager.
@@ -33,29 +34,29 @@ type observation struct {
 // certificate keeps serving until it expires, and fetching resumes once the CA is back.
 func TestCertificateRotationAndCAOutage(t *testing.T) {
 	c := cluster.Shared(t)
-	m := startCA(t, c)
+	m := istiodtest.StartMesh(t, c)
 	app := c.Namespace(t, nil)
-	createSA(t, c, app, "web")
+	istiodtest.CreateSA(t, c, app, "web")
 	id, err := identity.New("cluster.local", app, "web")
 	if err != nil {
 		t.Fatal(err)
 	}
 	tokenPath := filepath.Join(t.TempDir(), "istio-token")
-	if err := os.WriteFile(tokenPath, []byte(saToken(t, c, app, "web", "istio-ca", nil)), 0o600); err != nil {
+	if err := os.WriteFile(tokenPath, []byte(istiodtest.SAToken(t, c, app, "web", "istio-ca", nil)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	roots := x509.NewCertPool()
-	roots.AddCert(m.root)
+	roots.AddCert(m.Root)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	client, err := caclient.New(caclient.Options{
-		Address: m.grpcAddr, Roots: roots, ServerName: "istiod." + m.ns + ".svc", TokenPath: tokenPath, Log: quiet,
+		Address: m.GRPCAddr, Roots: roots, ServerName: "istiod." + m.NS + ".svc", TokenPath: tokenPath, Log: quiet,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer client.Close()
 	mgr, err := secrets.New(secrets.Options{
-		Signer: client, Roots: func() []*x509.Certificate { return []*x509.Certificate{m.root} },
+		Signer: client, Roots: func() []*x509.Certificate { return []*x509.Certificate{m.Root} },
 		TTL: 10 * time.Second, MinBackoff: 200 * time.Millisecond, MaxBackoff: time.Second, Log: quiet,
 	})
 	if err != nil {
@@ -84,7 +85,7 @@ func TestCertificateRotationAndCAOutage(t *testing.T) {
 				leaf := cs.PeerCertificates[0]
 				o.serial, o.notAfter = leaf.SerialNumber.String(), leaf.NotAfter
 				pool := x509.NewCertPool()
-				pool.AddCert(m.root)
+				pool.AddCert(m.Root)
 				_, err := leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
 				return err // an expired leaf fails here
 			},
@@ -138,7 +139,7 @@ func TestCertificateRotationAndCAOutage(t *testing.T) {
 	t.Logf("phase 1: %d certificates served across rotations, none expired", len(order))
 
 	// Phase 2: CA down. The last certificate keeps serving until it expires, then handshakes fail.
-	m.stop()
+	m.Stop()
 	last := handshake()
 	if last.err != nil {
 		t.Fatalf("handshake right after stopping the CA: %v", last.err)
@@ -155,7 +156,7 @@ func TestCertificateRotationAndCAOutage(t *testing.T) {
 	t.Logf("phase 2: the cached certificate served until %s, then handshakes failed", last.notAfter.Format(time.StampMilli))
 
 	// Phase 3: CA back (same namespace, so the same root): fetching resumes by itself.
-	m.start()
+	m.Start()
 	watch(func(o observation) bool { return o.err == nil && o.serial != last.serial }, 30*time.Second)
 	t.Log("phase 3: a new certificate is served after the CA came back")
 }

@@ -2,8 +2,6 @@ package integration
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -13,10 +11,9 @@ import (
 
 	"github.com/ambient-lite/ambient-lite/pkg/xds"
 	"github.com/ambient-lite/ambient-lite/tests/cluster"
+	"github.com/ambient-lite/ambient-lite/tests/istiodtest"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"istio.io/api/security/v1beta1"
@@ -66,32 +63,6 @@ func (v *xdsView) get(typeURL, name string) *xds.Resource {
 	return v.res[typeURL][name]
 }
 
-// xdsConn dials istiod-lite's gRPC port with TLS verified against root, sending token.
-func xdsConn(t testing.TB, d *istiod, root *x509.Certificate, token string) *grpc.ClientConn {
-	t.Helper()
-	pool := x509.NewCertPool()
-	pool.AddCert(root)
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
-		RootCAs: pool, ServerName: "istiod." + d.ns + ".svc", MinVersion: tls.VersionTLS12,
-	}))}
-	if token != "" {
-		opts = append(opts, grpc.WithPerRPCCredentials(bearer(token)))
-	}
-	conn, err := grpc.NewClient(d.grpcAddr, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
-	return conn
-}
-
-type bearer string
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
-}
-func (bearer) RequireTransportSecurity() bool { return true }
-
 // xdsWaitFor polls the view until cond holds (10 s at most) and logs how long it took since
 // start.
 func xdsWaitFor(t testing.TB, what string, start time.Time, cond func() bool) {
@@ -119,9 +90,9 @@ func xdsWorkload(r *xds.Resource) *workloadapi.Workload {
 // TestXDSPropagation follows changes to Kubernetes objects to an xDS client of istiod-lite.
 func TestXDSPropagation(t *testing.T) {
 	c := cluster.Shared(t)
-	m := startCA(t, c)
-	createSA(t, c, m.ns, "ztunnel")
-	conn := xdsConn(t, m.istiod, m.root, saToken(t, c, m.ns, "ztunnel", "istio-ca", nil))
+	m := istiodtest.StartMesh(t, c)
+	istiodtest.CreateSA(t, c, m.NS, "ztunnel")
+	conn := istiodtest.XDSConn(t, m.Istiod, m.Root, istiodtest.SAToken(t, c, m.NS, "ztunnel", "istio-ca", nil))
 	view := &xdsView{res: map[string]map[string]*xds.Resource{}}
 	client, err := xds.NewClient(xds.ClientOptions{Conn: conn, Handler: view.apply, MinBackoff: 50 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
 	if err != nil {
@@ -243,15 +214,15 @@ func TestXDSPropagation(t *testing.T) {
 // Unauthenticated.
 func TestXDSRefusesUnauthenticated(t *testing.T) {
 	c := cluster.Shared(t)
-	m := startCA(t, c)
-	createSA(t, c, m.ns, "someone")
+	m := istiodtest.StartMesh(t, c)
+	istiodtest.CreateSA(t, c, m.NS, "someone")
 	for name, token := range map[string]string{
 		"no token":       "",
 		"garbage":        "not-a-token",
-		"wrong audience": saToken(t, c, m.ns, "someone", "kubernetes", nil),
+		"wrong audience": istiodtest.SAToken(t, c, m.NS, "someone", "kubernetes", nil),
 	} {
 		t.Run(name, func(t *testing.T) {
-			conn := xdsConn(t, m.istiod, m.root, "")
+			conn := istiodtest.XDSConn(t, m.Istiod, m.Root, "")
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			if token != "" {

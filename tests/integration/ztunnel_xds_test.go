@@ -16,6 +16,7 @@ import (
 
 	"github.com/ambient-lite/ambient-lite/pkg/testenv"
 	"github.com/ambient-lite/ambient-lite/tests/cluster"
+	"github.com/ambient-lite/ambient-lite/tests/istiodtest"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -25,22 +26,22 @@ import (
 
 // startZtunnel runs ztunnel (host network namespace, every listener on a free loopback port)
 // against istiod-lite's xDS and CA, and returns its admin base URL.
-func startZtunnel(t testing.TB, c *cluster.Cluster, m meshCA, node string) string {
+func startZtunnel(t testing.TB, c *cluster.Cluster, m istiodtest.Mesh, node string) string {
 	t.Helper()
-	createSA(t, c, m.ns, "ztunnel")
+	istiodtest.CreateSA(t, c, m.NS, "ztunnel")
 	dir := t.TempDir()
 	rootPath := filepath.Join(dir, "root-cert.pem")
 	tokenPath := filepath.Join(dir, "istio-token")
-	if err := os.WriteFile(rootPath, pemCert(m.root), 0o600); err != nil {
+	if err := os.WriteFile(rootPath, pemCert(m.Root), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(tokenPath, []byte(saToken(t, c, m.ns, "ztunnel", "istio-ca", nil)), 0o600); err != nil {
+	if err := os.WriteFile(tokenPath, []byte(istiodtest.SAToken(t, c, m.NS, "ztunnel", "istio-ca", nil)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	env := []string{
-		"XDS_ADDRESS=" + m.grpcAddr, "CA_ADDRESS=" + m.grpcAddr, "CA_SERVER_NAME=istiod." + m.ns + ".svc",
+		"XDS_ADDRESS=" + m.GRPCAddr, "CA_ADDRESS=" + m.GRPCAddr, "CA_SERVER_NAME=istiod." + m.NS + ".svc",
 		"ROOT_CERT_PATH=" + rootPath, "TOKEN_PATH=" + tokenPath, "NODE_NAME=" + node, "LOG_LEVEL=debug",
-		"POD_NAMESPACE=" + m.ns, "DRAIN_DURATION=0s",
+		"POD_NAMESPACE=" + m.NS, "DRAIN_DURATION=0s",
 	}
 	for _, v := range []string{"OUTBOUND_ADDR", "INBOUND_ADDR", "INBOUND_PLAINTEXT_ADDR", "READINESS_ADDR", "STATS_ADDR", "ADMIN_ADDR"} {
 		env = append(env, v+"=127.0.0.1:0")
@@ -81,15 +82,15 @@ func startZtunnel(t testing.TB, c *cluster.Cluster, m meshCA, node string) strin
 // policies created with client-go, and their deletion.
 func TestZtunnelFollowsIstiod(t *testing.T) {
 	c := cluster.Shared(t)
-	m := startCA(t, c)
-	node := "node-" + m.ns
+	m := istiodtest.StartMesh(t, c)
+	node := "node-" + m.NS
 	if _, err := c.Client.CoreV1().Nodes().Create(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Client.CoreV1().Nodes().Delete(context.Background(), node, metav1.DeleteOptions{}) })
 	admin := startZtunnel(t, c, m, node)
 	app := c.Namespace(t, map[string]string{"istio.io/dataplane-mode": "ambient"})
-	createSA(t, c, app, "web")
+	istiodtest.CreateSA(t, c, app, "web")
 
 	dump := func() string {
 		resp, err := http.Get(admin + "/config_dump")
@@ -157,8 +158,8 @@ func TestZtunnelFollowsIstiod(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}()
-	m.stop()
-	m.start()
+	m.Stop()
+	m.Start()
 	waitDump("the state after istiod-lite restarted", func(d string) bool { return strings.Contains(d, "web."+app+".svc.cluster.local") })
 	time.Sleep(300 * time.Millisecond) // past the reconnect and the first responses
 	close(stopWatch)
