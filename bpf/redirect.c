@@ -40,12 +40,16 @@ struct addr_key {
 	__u32 addr[4];
 };
 
-/* ztunnel's listening sockets, by slot; pinned, and reused when the program is replaced. */
+/*
+ * ztunnel's listening sockets, by slot; pinned, and reused when the program is replaced.
+ * Sizes rather than BTF types: the kernel refuses BTF key/value types on a SOCKMAP, and the
+ * refused attempt (before the loader retries without BTF) costs a synchronize_rcu, ~25 ms.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKMAP);
 	__uint(max_entries, 2);
-	__type(key, __u32);
-	__type(value, __u64);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u64));
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ambient_sockets SEC(".maps");
 
