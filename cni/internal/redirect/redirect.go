@@ -221,7 +221,10 @@ func load(pinDir string, loIndex uint32, cfg Config) (*redirectObjects, error) {
 	}
 	var objs redirectObjects
 	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}); err != nil {
-		return nil, fmt.Errorf("loading the redirection program (needs CAP_BPF and CAP_NET_ADMIN): %w", err)
+		if errors.Is(err, unix.EPERM) {
+			return nil, fmt.Errorf("loading the redirection program (needs CAP_BPF and CAP_NET_ADMIN): %w", err)
+		}
+		return nil, fmt.Errorf("loading the redirection program: %w", err)
 	}
 	flags := map[netip.Addr]uint32{}
 	for _, a := range cfg.PodIPs {
@@ -290,8 +293,9 @@ func attach(nsFD int, ino uint64, pin string, prog *ebpf.Program) (fresh bool, e
 }
 
 // Remove undoes [Install]: it removes the rules and the route from the netns at netnsPath
-// if it still exists (netnsPath may be "" when it is unknown or gone), detaches the program
-// and removes pinDir. Removing what is not installed is not an error.
+// if it still exists, detaches the program and removes pinDir. Removing what is not
+// installed is not an error. netnsPath may be "" when the netns is gone (its rules went with
+// it); if it still exists, its rules then stay, and its outbound TCP is refused.
 func Remove(netnsPath, pinDir string) error {
 	var errs []error
 	if netnsPath != "" {

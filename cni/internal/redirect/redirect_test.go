@@ -354,3 +354,27 @@ func attached(t testing.TB, ns string) int {
 	}
 	return len(res.Programs)
 }
+
+// TestInstallReusedPinDir: a pin directory reused for another netns moves the program there.
+func TestInstallReusedPinDir(t *testing.T) {
+	requireRoot(t)
+	a, b := newNetns(t, "a"), newNetns(t, "b")
+	for _, ns := range []string{a, b} {
+		run(t, "ip", "-n", ns, "addr", "add", podIP+"/32", "dev", "lo")
+	}
+	pinDir := filepath.Join(bpffs(t), "pod")
+	for _, ns := range []string{a, b} {
+		if err := Install(nsPath(ns), pinDir, testConfig()); err != nil {
+			t.Fatalf("Install into %s: %v", ns, err)
+		}
+	}
+	if na, nb := attached(t, a), attached(t, b); na != 0 || nb != 1 {
+		t.Fatalf("programs attached: %d to the first netns, %d to the second; want 0 and 1", na, nb)
+	}
+	if err := Check(nsPath(b), pinDir); err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	if err := Check(nsPath(a), pinDir); err == nil {
+		t.Fatal("Check passed for the netns the program left")
+	}
+}
