@@ -92,26 +92,7 @@ func TestZtunnelFollowsIstiod(t *testing.T) {
 	app := c.Namespace(t, map[string]string{"istio.io/dataplane-mode": "ambient"})
 	istiodtest.CreateSA(t, c, app, "web")
 
-	dump := func() string {
-		resp, err := http.Get(admin + "/config_dump")
-		if err != nil {
-			return ""
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return string(b)
-	}
-	waitDump := func(what string, cond func(string) bool) {
-		t.Helper()
-		start := time.Now()
-		err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
-			return cond(dump()), nil
-		})
-		if err != nil {
-			t.Fatalf("ztunnel never saw %s; config_dump:\n%.3000s", what, dump())
-		}
-		t.Logf("%s reached ztunnel in %s", what, time.Since(start).Round(time.Millisecond))
-	}
+	dump, waitDump := configDump(t, admin)
 
 	pod, err := c.Client.CoreV1().Pods(app).Create(context.Background(), &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "web-1", Labels: map[string]string{"app": "web"},
@@ -173,6 +154,32 @@ func TestZtunnelFollowsIstiod(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitDump("the pod's deletion", func(d string) bool { return d != "" && !strings.Contains(d, "/Pod/"+app+"/web-1") })
+}
+
+// configDump returns a reader of ztunnel's /config_dump (empty when it does not answer)
+// and a wait for a condition on it, which logs how long it took.
+func configDump(t testing.TB, admin string) (dump func() string, waitDump func(what string, cond func(string) bool)) {
+	dump = func() string {
+		resp, err := http.Get(admin + "/config_dump")
+		if err != nil {
+			return ""
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	waitDump = func(what string, cond func(string) bool) {
+		t.Helper()
+		start := time.Now()
+		err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+			return cond(dump()), nil
+		})
+		if err != nil {
+			t.Fatalf("ztunnel never saw %s; config_dump:\n%.3000s", what, dump())
+		}
+		t.Logf("%s reached ztunnel in %s", what, time.Since(start).Round(time.Millisecond))
+	}
+	return dump, waitDump
 }
 
 func pemCert(c *x509.Certificate) []byte {

@@ -95,6 +95,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	ctrl, err := controller.New(controller.Options{
 		Kube: xdsFactory, Istio: istioFactory,
 		Translate: translate.Options{TrustDomain: cfg.TrustDomain},
+		Policy:    translate.PolicyOptions{RootNamespace: cfg.RootNamespace},
 		Pusher:    pushFunc(func(typeURL string, names []string) { xdsSrv.Push(typeURL, names) }),
 		Log:       log.With("controller", "xds"),
 	})

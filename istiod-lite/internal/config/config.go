@@ -22,6 +22,9 @@ type Config struct {
 	Namespace string
 	// TrustDomain of the mesh's SPIFFE identities (TRUST_DOMAIN).
 	TrustDomain string
+	// RootNamespace is MeshConfig.rootNamespace (ROOT_NAMESPACE): its policies without a
+	// selector apply mesh-wide. ztunnel must be given the same value.
+	RootNamespace string
 	// GRPCAddr serves the CA (and later xDS) over TLS; Istio's port is 15012.
 	GRPCAddr string
 	// HTTPAddr serves /ready and /healthz.
@@ -67,6 +70,7 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (Config,
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.Namespace, "namespace", env("POD_NAMESPACE", "istio-system"), "namespace istiod-lite runs in and keeps its CA Secrets in (env POD_NAMESPACE)")
 	fs.StringVar(&c.TrustDomain, "trust-domain", env("TRUST_DOMAIN", identity.DefaultTrustDomain), "trust domain of workload identities (env TRUST_DOMAIN)")
+	fs.StringVar(&c.RootNamespace, "root-namespace", env("ROOT_NAMESPACE", "istio-system"), "mesh root namespace: its policies without a selector apply mesh-wide; give ztunnel the same (env ROOT_NAMESPACE)")
 	fs.StringVar(&c.GRPCAddr, "grpc-addr", env("GRPC_ADDR", ":15012"), "address of the TLS gRPC server (CA)")
 	fs.StringVar(&c.HTTPAddr, "http-addr", env("HTTP_ADDR", ":8080"), "address of the /ready and /healthz server")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", env("KUBECONFIG", ""), "kubeconfig path; empty means in-cluster (env KUBECONFIG)")
@@ -104,8 +108,8 @@ func (c Config) validate() error {
 	if _, err := identity.New(c.TrustDomain, "ns", "sa"); err != nil {
 		errs = append(errs, fmt.Errorf("trust domain %q is invalid: %w", c.TrustDomain, err))
 	}
-	if c.Namespace == "" || c.ServiceName == "" || c.TokenAudience == "" {
-		errs = append(errs, errors.New("namespace, service name and token audience must not be empty"))
+	if c.Namespace == "" || c.ServiceName == "" || c.TokenAudience == "" || c.RootNamespace == "" {
+		errs = append(errs, errors.New("namespace, root namespace, service name and token audience must not be empty"))
 	}
 	for name, addr := range map[string]string{"grpc-addr": c.GRPCAddr, "http-addr": c.HTTPAddr} {
 		if _, _, err := net.SplitHostPort(addr); err != nil {

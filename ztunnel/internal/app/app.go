@@ -36,7 +36,7 @@ import (
 // Run serves until ctx ends, then drains for cfg.Drain and stops.
 func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	store := state.NewStore(cfg.TrustDomain)
-	policies := discovery.NewPolicyStore(authz.Options{})
+	policies := discovery.NewPolicyStore(authz.Options{RootNamespace: cfg.RootNamespace})
 	roots, err := readRoots(cfg.RootCertPath)
 	if err != nil {
 		return err

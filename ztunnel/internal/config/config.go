@@ -26,6 +26,7 @@ const (
 	EnvRootCertPath  = "ROOT_CERT_PATH"         // mesh root(s), PEM
 	EnvTokenPath     = "TOKEN_PATH"             // projected ServiceAccount token, audience istio-ca
 	EnvTrustDomain   = "TRUST_DOMAIN"           // default for workloads that name none
+	EnvRootNamespace = "ROOT_NAMESPACE"         // mesh root namespace, as istiod-lite's
 	EnvNodeName      = "NODE_NAME"              // this ztunnel's node: it serves the workloads on it
 	EnvCertTTL       = "SECRET_TTL"             // requested workload certificate validity
 	EnvDrainDuration = "DRAIN_DURATION"         // how long connections may finish after SIGTERM
@@ -51,10 +52,12 @@ type Config struct {
 	RootCertPath string
 	TokenPath    string
 	TrustDomain  string
-	NodeName     string
-	ClusterID    string
-	CertTTL      time.Duration
-	Drain        time.Duration
+	// RootNamespace is the mesh root namespace; a GLOBAL policy from elsewhere is NACKed.
+	RootNamespace string
+	NodeName      string
+	ClusterID     string
+	CertTTL       time.Duration
+	Drain         time.Duration
 	// Listener addresses.
 	Outbound, Inbound, Plaintext, Readiness, Stats, Admin netip.AddrPort
 	LogLevel                                              string
@@ -92,27 +95,28 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		return d
 	}
 	c := Config{
-		LocalXDSPath: str(EnvLocalXDSPath, ""),
-		XDSAddress:   str(EnvXDSAddress, "istiod.istio-system.svc:15012"),
-		PodName:      str(EnvPodName, "ztunnel"),
-		PodNamespace: str(EnvPodNamespace, "istio-system"),
-		InstanceIP:   str(EnvInstanceIP, ""),
-		CAAddress:    str(EnvCAAddress, "istiod.istio-system.svc:15012"),
-		CAServerName: str(EnvCAServerName, "istiod.istio-system.svc"),
-		RootCertPath: str(EnvRootCertPath, "/var/run/secrets/istio/root-cert.pem"),
-		TokenPath:    str(EnvTokenPath, "/var/run/secrets/tokens/istio-token"),
-		TrustDomain:  str(EnvTrustDomain, identity.DefaultTrustDomain),
-		NodeName:     str(EnvNodeName, ""),
-		ClusterID:    str(EnvClusterID, "Kubernetes"),
-		CertTTL:      dur(EnvCertTTL, 24*time.Hour),
-		Drain:        dur(EnvDrainDuration, 5*time.Second),
-		Outbound:     addr(EnvOutboundAddr, "0.0.0.0:15001"),
-		Inbound:      addr(EnvInboundAddr, "0.0.0.0:15008"),
-		Plaintext:    addr(EnvPlaintextAddr, "0.0.0.0:15006"),
-		Readiness:    addr(EnvReadinessAddr, "0.0.0.0:15021"),
-		Stats:        addr(EnvStatsAddr, "0.0.0.0:15020"),
-		Admin:        addr(EnvAdminAddr, "127.0.0.1:15000"),
-		LogLevel:     str(EnvLogLevel, "info"),
+		LocalXDSPath:  str(EnvLocalXDSPath, ""),
+		XDSAddress:    str(EnvXDSAddress, "istiod.istio-system.svc:15012"),
+		PodName:       str(EnvPodName, "ztunnel"),
+		PodNamespace:  str(EnvPodNamespace, "istio-system"),
+		InstanceIP:    str(EnvInstanceIP, ""),
+		CAAddress:     str(EnvCAAddress, "istiod.istio-system.svc:15012"),
+		CAServerName:  str(EnvCAServerName, "istiod.istio-system.svc"),
+		RootCertPath:  str(EnvRootCertPath, "/var/run/secrets/istio/root-cert.pem"),
+		TokenPath:     str(EnvTokenPath, "/var/run/secrets/tokens/istio-token"),
+		TrustDomain:   str(EnvTrustDomain, identity.DefaultTrustDomain),
+		RootNamespace: str(EnvRootNamespace, "istio-system"),
+		NodeName:      str(EnvNodeName, ""),
+		ClusterID:     str(EnvClusterID, "Kubernetes"),
+		CertTTL:       dur(EnvCertTTL, 24*time.Hour),
+		Drain:         dur(EnvDrainDuration, 5*time.Second),
+		Outbound:      addr(EnvOutboundAddr, "0.0.0.0:15001"),
+		Inbound:       addr(EnvInboundAddr, "0.0.0.0:15008"),
+		Plaintext:     addr(EnvPlaintextAddr, "0.0.0.0:15006"),
+		Readiness:     addr(EnvReadinessAddr, "0.0.0.0:15021"),
+		Stats:         addr(EnvStatsAddr, "0.0.0.0:15020"),
+		Admin:         addr(EnvAdminAddr, "127.0.0.1:15000"),
+		LogLevel:      str(EnvLogLevel, "info"),
 	}
 	if c.NodeName == "" {
 		errs = append(errs, fmt.Errorf("%s is required: ztunnel serves the workloads of its node", EnvNodeName))
