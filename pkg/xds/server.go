@@ -26,7 +26,8 @@ type ServerOptions struct {
 	Sources map[string]Source
 	// Authenticate is called once at the start of every stream with the stream's context
 	// (carrying its gRPC metadata and peer); an error ends the stream with
-	// codes.Unauthenticated. Its result is StreamInfo.Principal. If nil, every stream is
+	// codes.Unauthenticated, unless it carries a gRPC status of its own (say Unavailable
+	// when the authenticator could not be reached), which is kept. Its result is StreamInfo.Principal. If nil, every stream is
 	// accepted with a nil Principal.
 	Authenticate func(ctx context.Context) (any, error)
 	// Logger receives NACKs and stream errors. If nil, slog.Default() is used.

@@ -273,6 +273,27 @@ func TestOnDemandSubscribeAndUnsubscribe(t *testing.T) {
 	}
 }
 
+// TestAuthenticatorOutage: an authenticator that could not decide says so with a status of
+// its own, which the stream keeps, so the client retries rather than giving up.
+func TestAuthenticatorOutage(t *testing.T) {
+	checkLeaks(t)
+	e := newEnv(t, ServerOptions{
+		Sources: map[string]Source{typeA: newSnapshot("a", "1")},
+		Authenticate: func(context.Context) (any, error) {
+			return nil, fmt.Errorf("reviewing token: %w", status.Error(codes.Unavailable, "apiserver unreachable"))
+		},
+	})
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(e.dial(t)).DeltaAggregatedResources(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: typeA})
+	_, err = st.Recv()
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "apiserver unreachable") {
+		t.Fatalf("Recv error = %v, want Unavailable naming the cause", err)
+	}
+}
+
 func TestAuthenticationFailure(t *testing.T) {
 	checkLeaks(t)
 	var sawToken string

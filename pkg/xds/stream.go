@@ -61,6 +61,9 @@ func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryServ
 	if s.opts.Authenticate != nil {
 		p, err := s.opts.Authenticate(ctx)
 		if err != nil {
+			if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
+				return status.Errorf(st.Code(), "xds: authenticating stream: %s", st.Message())
+			}
 			return status.Errorf(codes.Unauthenticated, "xds: authenticating stream: %v", err)
 		}
 		principal = p

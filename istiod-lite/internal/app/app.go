@@ -25,9 +25,11 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	pb "istio.io/api/security/v1alpha1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	istioinformers "istio.io/client-go/pkg/informers/externalversions"
@@ -233,10 +235,12 @@ func authenticateStream(ctx context.Context, reviewer *kube.TokenReviewer) (any,
 	for _, v := range md.Get("authorization") {
 		if token, ok := strings.CutPrefix(v, "Bearer "); ok && token != "" {
 			caller, err := reviewer.Authenticate(ctx, token)
-			if err != nil {
-				return nil, err
+			if err != nil && !errors.Is(err, caserver.ErrUnauthenticated) {
+				// The review itself failed (apiserver unreachable, throttled): not the
+				// caller's fault, so it retries instead of taking its token for bad.
+				return nil, status.Errorf(codes.Unavailable, "%v", err)
 			}
-			return caller, nil
+			return caller, err
 		}
 	}
 	return nil, errors.New("no bearer token in the authorization metadata (send a ServiceAccount token with audience istio-ca)")
