@@ -11,6 +11,11 @@
 //
 // ztunnel's sockets carry [capture.Mark] and skip the capture rule. An empty slot drops
 // captured traffic (fail closed) rather than let it reach the application unproxied.
+// Consequently every unmarked TCP socket in the pod talks only to loopback: a pod socket
+// answering traffic that is not steered (anything but the probe sources) would have its
+// replies delivered locally. The rule also makes the kernel's source validation of inbound
+// TCP see a local route, so Install sets accept_local (and loosens a strict rp_filter) in
+// the pod netns; see [CapturePriority].
 //
 // Kubelet probes: TCP from a [Config.ProbeSources] address is not steered, and a rule of
 // higher priority routes the pod's replies to those addresses through the main table. The
