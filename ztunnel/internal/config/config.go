@@ -38,7 +38,17 @@ const (
 	EnvStatsAddr     = "STATS_ADDR"             // :15020
 	EnvAdminAddr     = "ADMIN_ADDR"             // localhost:15000
 	EnvLogLevel      = "LOG_LEVEL"              // debug, info, warn, error
+	// EnvInPodEnabled turns on in-pod mode (Istio's name): ztunnel takes the pods of its node
+	// from the CNI node agent over ZDS and opens :15001, :15006 and :15008 inside each pod's
+	// network namespace instead of on the node. Default false here, so ztunnel also runs as a
+	// plain node-level proxy (the tests' mode); the Helm chart sets it to true.
+	EnvInPodEnabled = "INPOD_ENABLED"
+	// EnvZDSPath is the node agent's ZDS socket (unix SOCK_SEQPACKET), used in in-pod mode.
+	EnvZDSPath = "ZDS_PATH"
 )
+
+// DefaultZDSPath is where Istio's CNI node agent serves ZDS (pkg/zds.DefaultPath).
+const DefaultZDSPath = "/var/run/ztunnel/ztunnel.sock"
 
 // Config is ztunnel's validated configuration.
 type Config struct {
@@ -61,6 +71,11 @@ type Config struct {
 	// Listener addresses.
 	Outbound, Inbound, Plaintext, Readiness, Stats, Admin netip.AddrPort
 	LogLevel                                              string
+	// InPod turns on in-pod mode: pods come from the node agent over ZDS at ZDSPath and
+	// the Outbound, Inbound and Plaintext addresses are not bound on the node; their ports
+	// are bound in each pod's network namespace instead.
+	InPod   bool
+	ZDSPath string
 }
 
 // FromEnv parses the configuration from getenv.
@@ -94,6 +109,17 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		}
 		return d
 	}
+	boolean := func(name string, def bool) bool {
+		v := str(name, "")
+		if v == "" {
+			return def
+		}
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q: want true or false", name, v))
+		}
+		return b
+	}
 	c := Config{
 		LocalXDSPath:  str(EnvLocalXDSPath, ""),
 		XDSAddress:    str(EnvXDSAddress, "istiod.istio-system.svc:15012"),
@@ -117,6 +143,8 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		Stats:         addr(EnvStatsAddr, "0.0.0.0:15020"),
 		Admin:         addr(EnvAdminAddr, "127.0.0.1:15000"),
 		LogLevel:      str(EnvLogLevel, "info"),
+		InPod:         boolean(EnvInPodEnabled, false),
+		ZDSPath:       str(EnvZDSPath, DefaultZDSPath),
 	}
 	if c.NodeName == "" {
 		errs = append(errs, fmt.Errorf("%s is required: ztunnel serves the workloads of its node", EnvNodeName))
@@ -129,6 +157,9 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	}
 	if !c.Admin.Addr().IsLoopback() {
 		errs = append(errs, fmt.Errorf("%s=%s: the admin server must listen on loopback", EnvAdminAddr, c.Admin))
+	}
+	if c.InPod && !strings.HasPrefix(c.ZDSPath, "/") {
+		errs = append(errs, fmt.Errorf("%s=%q: want an absolute path to the node agent's socket", EnvZDSPath, c.ZDSPath))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -68,15 +68,25 @@ type outboundDecision struct {
 
 // decideOutbound routes a connection from src to its original destination dst. A
 // connection that must go over HBONE needs a known source workload on this node: its
-// identity is the one ztunnel presents.
-func decideOutbound(snap *state.Snapshot, node string, src, dst netip.AddrPort, pick func(int) int) (outboundDecision, error) {
+// identity is the one ztunnel presents. In in-pod mode self lists the uids the pod's
+// workload may have, tried first; otherwise (or if none is on this node) src's address
+// names the source.
+func decideOutbound(snap *state.Snapshot, node string, self []string, src, dst netip.AddrPort, pick func(int) int) (outboundDecision, error) {
 	route, err := snap.Outbound(dst, pick)
 	if err != nil {
 		return outboundDecision{}, err
 	}
 	d := outboundDecision{Route: route}
-	if w, ok := snap.WorkloadByIP(src.Addr().Unmap()); ok && w.GetNode() == node {
-		d.Source = w
+	for _, uid := range self {
+		if w, ok := snap.Workload(uid); ok && w.GetNode() == node {
+			d.Source = w
+			break
+		}
+	}
+	if d.Source == nil {
+		if w, ok := snap.WorkloadByIP(src.Addr().Unmap()); ok && w.GetNode() == node {
+			d.Source = w
+		}
 	}
 	if route.Kind == state.HBONE && d.Source == nil {
 		return outboundDecision{}, fmt.Errorf("source %s is not a workload on node %s, so it has no identity to tunnel to %s with", src.Addr(), node, dst)

@@ -75,15 +75,51 @@ func TestDecideOutbound(t *testing.T) {
 	snap := snapshot(t)
 	first := func(int) int { return 0 }
 	client := netip.MustParseAddrPort("10.10.1.2:40000")
-	d, err := decideOutbound(snap, "node-a", client, netip.MustParseAddrPort("10.96.0.20:80"), first)
+	d, err := decideOutbound(snap, "node-a", nil, client, netip.MustParseAddrPort("10.96.0.20:80"), first)
 	if err != nil || d.Route.Kind != state.HBONE || d.Source == nil || d.Source.Identity.ServiceAccount() != "sleep" {
 		t.Fatalf("client → echo VIP: %+v, %v", d, err)
 	}
-	if _, err := decideOutbound(snap, "node-b", client, netip.MustParseAddrPort("10.96.0.20:80"), first); err == nil {
+	if _, err := decideOutbound(snap, "node-b", nil, client, netip.MustParseAddrPort("10.96.0.20:80"), first); err == nil {
 		t.Error("ztunnel on node-b tunnelled for a client on node-a")
 	}
-	d, err = decideOutbound(snap, "node-a", netip.MustParseAddrPort("10.10.7.7:1"), netip.MustParseAddrPort("192.0.2.1:443"), first)
+	d, err = decideOutbound(snap, "node-a", nil, netip.MustParseAddrPort("10.10.7.7:1"), netip.MustParseAddrPort("192.0.2.1:443"), first)
 	if err != nil || d.Route.Kind != state.Passthrough {
 		t.Errorf("unknown client to unknown destination: %+v, %v; want passthrough", d, err)
+	}
+}
+
+// TestDecideOutboundInPod: a pod's listener set names its own workload by uid (the first
+// one found on this node), whatever the connection's source address; with no uid known it
+// falls back to the address.
+func TestDecideOutboundInPod(t *testing.T) {
+	snap := snapshot(t)
+	first := func(int) int { return 0 }
+	vip := netip.MustParseAddrPort("10.96.0.20:80")
+	tests := []struct {
+		name    string
+		node    string
+		self    []string
+		src     string
+		want    string // source workload uid; "" for an error
+		wantErr string
+	}{
+		{"uid of the pod", "node-a", []string{"4f0c-pod-uid", "cluster1//Pod/default/client"}, "10.10.9.9:4000", "cluster1//Pod/default/client", ""},
+		{"unknown uid falls back to the address", "node-a", []string{"4f0c-pod-uid"}, "10.10.1.2:4000", "cluster1//Pod/default/client", ""},
+		{"uid on another node is not ours", "node-b", []string{"cluster1//Pod/default/client"}, "10.10.9.9:4000", "", "not a workload on node node-b"},
+		{"neither uid nor address", "node-a", []string{"nope"}, "10.10.9.9:4000", "", "no identity"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, err := decideOutbound(snap, tt.node, tt.self, netip.MustParseAddrPort(tt.src), vip, first)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want it to contain %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || d.Source == nil || d.Source.Uid != tt.want {
+				t.Fatalf("decision = %+v, %v; want source %s", d, err, tt.want)
+			}
+		})
 	}
 }

@@ -16,7 +16,6 @@ import (
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/metrics"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/socket"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/state"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // hboneSide holds the pooled HBONE client and the HBONE server.
@@ -25,23 +24,23 @@ type hboneSide struct {
 	server *hbone.Server
 }
 
-func newHBONESide(p *Proxy, td spiffeid.TrustDomain) (*hboneSide, error) {
+func newHBONESide(s *scope) (*hboneSide, error) {
 	dialer, err := hbone.NewDialer(hbone.DialerOptions{
 		DialContext: func(ctx context.Context, _ hbone.PoolKey, addr netip.AddrPort) (net.Conn, error) {
-			return p.opts.Upstream.Dial(ctx, addr)
+			return s.dial(ctx, addr)
 		},
-		ConnectTimeout: p.opts.ConnectTimeout,
-		Logger:         p.log.With("side", "hbone-client"),
+		ConnectTimeout: s.p.opts.ConnectTimeout,
+		Logger:         s.log.With("side", "hbone-client"),
 	})
 	if err != nil {
 		return nil, err
 	}
-	serverTLS, err := mtls.ServerConfig(td, p.serverCertificate, p.opts.Roots)
+	serverTLS, err := mtls.ServerConfig(s.p.td, s.p.serverCertificate, s.p.opts.Roots)
 	if err != nil {
 		return nil, err
 	}
 	server, err := hbone.NewServer(hbone.ServerOptions{
-		TLS: serverTLS, Handler: p.handleHBONE, Logger: p.log.With("side", "hbone-server"),
+		TLS: serverTLS, Handler: s.handleHBONE, Logger: s.log.With("side", "hbone-server"),
 	})
 	if err != nil {
 		return nil, err
@@ -62,9 +61,15 @@ func (h *hboneSide) close() {
 }
 
 // ServeInbound serves HBONE (:15008) for the workloads on this node.
-func (p *Proxy) ServeInbound(l net.Listener) error {
-	err := p.hbone.server.Serve(context.Background(), l)
-	if errors.Is(err, hbone.ErrClosed) {
+func (p *Proxy) ServeInbound(l net.Listener) error { return p.node.serveInbound(l) }
+
+func (s *scope) serveInbound(l net.Listener) error {
+	if !s.track(l) { // stop closes it, ending Serve without touching open connections
+		_ = l.Close()
+		return nil
+	}
+	err := s.hbone.server.Serve(context.Background(), l)
+	if errors.Is(err, hbone.ErrClosed) || errors.Is(err, net.ErrClosed) {
 		return nil
 	}
 	return err
@@ -85,7 +90,8 @@ func (p *Proxy) serverCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate,
 }
 
 // handleHBONE authorizes one CONNECT and connects it to the local workload.
-func (p *Proxy) handleHBONE(ctx context.Context, req *hbone.Request) (net.Conn, error) {
+func (s *scope) handleHBONE(ctx context.Context, req *hbone.Request) (net.Conn, error) {
+	p := s.p
 	snap := p.opts.State()
 	// The stream must be for the workload the connection was addressed to, unless the
 	// connection reached ztunnel on a node address (captured on the node, not in the pod).
@@ -94,11 +100,11 @@ func (p *Proxy) handleHBONE(ctx context.Context, req *hbone.Request) (net.Conn, 
 	}
 	d := decideInbound(snap, p.opts.Node, req.Target, req.Peer, req.RemoteAddr.Addr(), p.opts.Authorizer)
 	if d.Status != http.StatusOK {
-		p.log.Debug("hbone stream refused", "peer", req.Peer, "target", req.Target, "status", d.Status, "reason", d.Reason)
+		s.log.Debug("hbone stream refused", "peer", req.Peer, "target", req.Target, "status", d.Status, "reason", d.Reason)
 		return nil, hbone.Reject(d.Status, errors.New(d.Reason))
 	}
 	dctx, cancel := context.WithTimeout(ctx, p.opts.ConnectTimeout)
-	up, err := p.opts.Upstream.Dial(dctx, d.Target)
+	up, err := s.dial(dctx, d.Target)
 	cancel()
 	if err != nil {
 		return nil, hbone.Reject(http.StatusServiceUnavailable, fmt.Errorf("connecting to %s: %w", d.Target, err))
@@ -118,39 +124,43 @@ func clientIP(req *hbone.Request) netip.Addr {
 }
 
 // ServeOutbound serves the outbound capture listener (:15001).
-func (p *Proxy) ServeOutbound(l net.Listener) error {
+func (p *Proxy) ServeOutbound(l net.Listener) error { return p.node.serveOutbound(l) }
+
+func (s *scope) serveOutbound(l net.Listener) error {
 	self := l.Addr().(*net.TCPAddr).AddrPort()
-	return p.serve(l, func(c net.Conn) { p.handleOutbound(c, self) })
+	self = netip.AddrPortFrom(self.Addr().Unmap(), self.Port())
+	return s.serve(l, func(c net.Conn) { s.handleOutbound(c, self) })
 }
 
-func (p *Proxy) handleOutbound(c net.Conn, self netip.AddrPort) {
+func (s *scope) handleOutbound(c net.Conn, self netip.AddrPort) {
+	p := s.p
 	src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
-	dst, err := socket.OriginalDestination(c)
+	dst, err := socket.CapturedDestination(c, self.Port())
 	if err != nil {
-		p.log.Warn("outbound: original destination", "src", src, "err", err)
+		s.log.Warn("outbound: original destination", "src", src, "err", err)
 		return
 	}
 	if dst.Port() == self.Port() && (dst.Addr() == self.Addr() || self.Addr().IsUnspecified()) {
-		p.log.Warn("outbound: refusing a direct connection to the capture port (it would loop)", "src", src)
+		s.log.Warn("outbound: refusing a direct connection to the capture port (it would loop)", "src", src)
 		return
 	}
 	snap := p.opts.State()
-	d, err := decideOutbound(snap, p.opts.Node, src, dst, pick)
+	d, err := decideOutbound(snap, p.opts.Node, s.self, src, dst, pick)
 	if err != nil {
-		p.log.Debug("outbound refused", "src", src, "dst", dst, "err", err)
+		s.log.Debug("outbound refused", "src", src, "dst", dst, "err", err)
 		return
 	}
 	r := d.Route
 	var up net.Conn
-	ctx, cancel := p.dialTimeout()
+	ctx, cancel := s.dialTimeout()
 	defer cancel()
 	if r.Kind == state.HBONE {
-		up, err = p.dialHBONE(ctx, d.Source, src, r)
+		up, err = s.dialHBONE(ctx, d.Source, src, r)
 	} else {
-		up, err = p.opts.Upstream.Dial(ctx, r.Target)
+		up, err = s.dial(ctx, r.Target)
 	}
 	if err != nil {
-		p.log.Debug("outbound connect failed", "src", src, "dst", dst, "route", r.Kind.String(), "target", r.Target, "err", err)
+		s.log.Debug("outbound connect failed", "src", src, "dst", dst, "route", r.Kind.String(), "target", r.Target, "err", err)
 		return
 	}
 	cancel()
@@ -163,13 +173,14 @@ func (p *Proxy) handleOutbound(c net.Conn, self netip.AddrPort) {
 	_, _, _ = Pipe(c, up, rec.Received, rec.Sent)
 }
 
-func (p *Proxy) dialHBONE(ctx context.Context, srcW *state.Workload, srcAddr netip.AddrPort, r state.Route) (net.Conn, error) {
+func (s *scope) dialHBONE(ctx context.Context, srcW *state.Workload, srcAddr netip.AddrPort, r state.Route) (net.Conn, error) {
+	p := s.p
 	src := srcW.Identity
 	cfg, err := mtls.ClientConfig(p.opts.Certs.GetClientCertificateFunc(src), p.opts.Roots, r.Identities...)
 	if err != nil {
 		return nil, err
 	}
-	s, err := p.hbone.dialer.Dial(ctx, hbone.DialRequest{
+	st, err := s.hbone.dialer.Dial(ctx, hbone.DialRequest{
 		Key: hbone.PoolKey{
 			Source: src, Destinations: hbone.IdentitySet(r.Identities...),
 			SourceIP: srcAddr.Addr(), DestinationIP: r.Dial.Addr(),
@@ -179,7 +190,7 @@ func (p *Proxy) dialHBONE(ctx context.Context, srcW *state.Workload, srcAddr net
 	if err != nil {
 		return nil, fmt.Errorf("dialing %s via hbone at %s: %w", r.Target, r.Dial, err)
 	}
-	return s, nil
+	return st, nil
 }
 
 // countedConn is an upstream connection of an HBONE stream that records its bytes: what is

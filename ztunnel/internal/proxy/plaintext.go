@@ -12,27 +12,31 @@ import (
 // ServePlaintext serves the inbound plaintext listener (:15006): connections that reached a
 // local workload without HBONE. The Authorizer sees them with no source identity, so a STRICT
 // PeerAuthentication refuses them; PERMISSIVE lets them through to the workload.
-func (p *Proxy) ServePlaintext(l net.Listener) error {
-	return p.serve(l, p.handlePlaintext)
+func (p *Proxy) ServePlaintext(l net.Listener) error { return p.node.servePlaintext(l) }
+
+func (s *scope) servePlaintext(l net.Listener) error {
+	port := l.Addr().(*net.TCPAddr).AddrPort().Port()
+	return s.serve(l, func(c net.Conn) { s.handlePlaintext(c, port) })
 }
 
-func (p *Proxy) handlePlaintext(c net.Conn) {
-	dst, err := socket.OriginalDestination(c)
+func (s *scope) handlePlaintext(c net.Conn, listenerPort uint16) {
+	p := s.p
+	dst, err := socket.CapturedDestination(c, listenerPort)
 	if err != nil {
-		p.log.Warn("inbound plaintext: original destination", "err", err)
+		s.log.Warn("inbound plaintext: original destination", "err", err)
 		return
 	}
 	src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 	d := decideInbound(p.opts.State(), p.opts.Node, dst, identity.ID{}, src.Addr(), p.opts.Authorizer)
 	if d.Status != http.StatusOK {
-		p.log.Debug("inbound plaintext refused", "src", src, "dst", dst, "reason", d.Reason)
+		s.log.Debug("inbound plaintext refused", "src", src, "dst", dst, "reason", d.Reason)
 		return
 	}
-	ctx, cancel := p.dialTimeout()
-	up, err := p.opts.Upstream.Dial(ctx, d.Target)
+	ctx, cancel := s.dialTimeout()
+	up, err := s.dial(ctx, d.Target)
 	cancel()
 	if err != nil {
-		p.log.Debug("inbound plaintext: connecting to workload", "dst", d.Target, "err", err)
+		s.log.Debug("inbound plaintext: connecting to workload", "dst", d.Target, "err", err)
 		return
 	}
 	rec := p.opts.Metrics.Open(connLabels(metrics.ReporterDestination, p.opts.State().WorkloadByIPOrNil(src.Addr()), identity.ID{}, d.Workload, nil, false))

@@ -63,6 +63,24 @@ func OriginalDestination(c net.Conn) (netip.AddrPort, error) {
 	return dst, nil
 }
 
+// CapturedDestination returns where a connection accepted on a capture listener bound to
+// listenerPort was going. A connection steered to the listener by an eBPF sk_lookup
+// program keeps its destination as its local address, which is then returned as is; one
+// redirected by netfilter (REDIRECT, as Istio's CNI does) arrives on the listener's own
+// port, and its destination comes from SO_ORIGINAL_DST. A direct connection to the
+// listener's port also yields its local address, which the caller must refuse as a loop.
+func CapturedDestination(c net.Conn, listenerPort uint16) (netip.AddrPort, error) {
+	la, ok := c.LocalAddr().(*net.TCPAddr)
+	if !ok {
+		return netip.AddrPort{}, fmt.Errorf("original destination: %T is not a TCP socket", c)
+	}
+	local := la.AddrPort()
+	if local.Port() != listenerPort {
+		return netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), nil
+	}
+	return OriginalDestination(c)
+}
+
 func getsockopt(fd, level, opt int, val unsafe.Pointer, size *uint32) error {
 	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt), uintptr(val), uintptr(unsafe.Pointer(size)), 0)
 	if e != 0 {
