@@ -22,9 +22,11 @@ import (
 	"github.com/ambient-lite/ambient-lite/pkg/caclient"
 	"github.com/ambient-lite/ambient-lite/pkg/secrets"
 	"github.com/ambient-lite/ambient-lite/pkg/xds"
+	"github.com/ambient-lite/ambient-lite/pkg/zds"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/admin"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/config"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/discovery"
+	"github.com/ambient-lite/ambient-lite/ztunnel/internal/inpod"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/localconfig"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/metrics"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/proxy"
@@ -107,15 +109,20 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			_ = l.Close()
 		}
 	}()
-	names := []string{"outbound", "inbound", "inbound plaintext", "readiness", "stats", "admin"}
-	for i, a := range []fmt.Stringer{cfg.Outbound, cfg.Inbound, cfg.Plaintext, cfg.Readiness, cfg.Stats, cfg.Admin} {
+	// In in-pod mode the proxy ports are opened inside each pod's network namespace, not here.
+	names := []string{"readiness", "stats", "admin", "outbound", "inbound", "inbound plaintext"}
+	addrs := []fmt.Stringer{cfg.Readiness, cfg.Stats, cfg.Admin, cfg.Outbound, cfg.Inbound, cfg.Plaintext}
+	if cfg.InPod {
+		names, addrs = names[:3], addrs[:3]
+	}
+	for i, a := range addrs {
 		l, err := bind(names[i], a)
 		if err != nil {
 			return err
 		}
 		listeners = append(listeners, l)
 	}
-	outL, inL, plainL, readyL, statsL, adminL := listeners[0], listeners[1], listeners[2], listeners[3], listeners[4], listeners[5]
+	readyL, statsL, adminL := listeners[0], listeners[1], listeners[2]
 
 	px, err := proxy.New(proxy.Options{
 		Node: cfg.NodeName, State: store.Snapshot, Certs: certs, Roots: func() []*x509.Certificate { return roots },
@@ -148,29 +155,59 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			return nil
 		})
 	}
-	g.Go(func() error { return px.ServeOutbound(outL) })
-	g.Go(func() error { return px.ServeInbound(inL) })
-	g.Go(func() error { return px.ServePlaintext(plainL) })
+	var pods *inpod.Manager
+	var zdsClient *zds.Client
+	if cfg.InPod {
+		pods, err = inpod.New(inpod.Options{
+			Start: inpod.Starter{Proxy: px, ClusterID: cfg.ClusterID, Log: log.With("component", "inpod")}.Start,
+			Drain: cfg.Drain, Log: log.With("component", "inpod"),
+		})
+		if err != nil {
+			return err
+		}
+		zdsClient, err = zds.NewClient(zds.ClientOptions{Path: cfg.ZDSPath, Handler: pods, Log: log.With("component", "zds")})
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return zdsClient.Run(gctx) })
+	} else {
+		outL, inL, plainL := listeners[3], listeners[4], listeners[5]
+		g.Go(func() error { return px.ServeOutbound(outL) })
+		g.Go(func() error { return px.ServeInbound(inL) })
+		g.Go(func() error { return px.ServePlaintext(plainL) })
+	}
 
 	// Not ready until the first workload snapshot is in: a connection before it would be
-	// treated as going to an unknown destination.
+	// treated as going to an unknown destination. In in-pod mode, not before the node
+	// agent's pod snapshot either: until then some pods have no listeners.
 	select {
 	case <-synced:
 	case <-ctx.Done():
 		stopRun()
-		return g.Wait()
-	}
-	// Prefetch the certificates of this node's workloads so the first connection is fast.
-	var local []string
-	store.Snapshot().Workloads(func(w *state.Workload) {
-		if w.GetNode() == cfg.NodeName {
-			certs.Prefetch(w.Identity)
-			local = append(local, w.Uid)
+		err := g.Wait()
+		if pods != nil {
+			pods.Close()
 		}
-	})
-	ready.Store(true)
-	log.Info("ztunnel ready", "node", cfg.NodeName, "localWorkloads", len(local), "outbound", outL.Addr().String(), "inbound", inL.Addr().String(),
-		"plaintext", plainL.Addr().String(), "readiness", readyL.Addr().String(), "stats", statsL.Addr().String(), "admin", adminL.Addr().String())
+		return err
+	}
+	if zdsClient == nil || waitZDS(ctx, gctx, zdsClient) == nil {
+		// Prefetch the certificates of this node's workloads so the first connection is fast.
+		var local []string
+		store.Snapshot().Workloads(func(w *state.Workload) {
+			if w.GetNode() == cfg.NodeName {
+				certs.Prefetch(w.Identity)
+				local = append(local, w.Uid)
+			}
+		})
+		ready.Store(true)
+		attrs := []any{"node", cfg.NodeName, "localWorkloads", len(local), "readiness", readyL.Addr().String(), "stats", statsL.Addr().String(), "admin", adminL.Addr().String()}
+		if pods != nil {
+			attrs = append(attrs, "mode", "in-pod", "zds", cfg.ZDSPath, "pods", len(pods.Pods()))
+		} else {
+			attrs = append(attrs, "mode", "node", "outbound", listeners[3].Addr().String(), "inbound", listeners[4].Addr().String(), "plaintext", listeners[5].Addr().String())
+		}
+		log.Info("ztunnel ready", attrs...)
+	}
 
 	select {
 	case <-ctx.Done():
@@ -178,6 +215,10 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	}
 	ready.Store(false)
 	log.Info("draining", "for", cfg.Drain)
+	if pods != nil {
+		_ = zdsClient.Close() // no more pods
+		pods.Close()          // close every pod's listeners, drain their connections
+	}
 	px.Drain(cfg.Drain) // stop accepting, let connections finish, then cut them
 	for _, srv := range servers {
 		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -186,6 +227,15 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	}
 	stopRun()
 	return g.Wait()
+}
+
+// waitZDS waits for the node agent's first pod snapshot, until ctx ends or a server
+// failed (gctx).
+func waitZDS(ctx, gctx context.Context, c *zds.Client) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(gctx, cancel)()
+	return c.WaitReady(wctx)
 }
 
 func statsMux(m *metrics.Metrics) *http.ServeMux {
