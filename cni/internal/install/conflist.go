@@ -232,10 +232,10 @@ func sameJSON(a, b json.RawMessage) bool {
 	return reflect.DeepEqual(x, y)
 }
 
-// chain returns the config file name, with contents data, as it must be for the plugin of
+// chain returns the config file name (a path), with contents data, as it must be for the plugin of
 // type typ to run last, configured by entry. A .conflist keeps its name (out is its new
 // contents); a .conf is converted to a list holding the .conf's plugin and then ours, to be
-// written as outName (name with the extension .conflist), after which the .conf is removed.
+// written as outName (name with the extension .conflist, in the same directory), after which the .conf is removed.
 // changed is false when data is already chained as it must be: then nothing is to be written.
 //
 // Every other plugin is kept in its order with its fields as written; an entry of type typ

@@ -355,17 +355,16 @@ func (i *Installer) installConflist() (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	outName, out, changed, err := chain(name, data, i.opts.PluginName, i.entry)
+	outPath, out, changed, err := chain(path, data, i.opts.PluginName, i.entry)
 	if err != nil || !changed {
 		return false, err
 	}
-	outPath := filepath.Join(i.opts.ConfDir, outName)
 	if err := writeAtomic(outPath, bytes.NewReader(out), mode); err != nil {
 		return false, fmt.Errorf("chaining the plugin into %s: %w", outPath, err)
 	}
-	if outName != name {
+	if outPath != path {
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return true, fmt.Errorf("removing %s after converting it to %s: %w", path, outName, err)
+			return true, fmt.Errorf("removing %s after converting it to %s: %w", path, outPath, err)
 		}
 		i.log.Info("converted the primary CNI config to a list and chained the CNI plugin", "from", path, "to", outPath)
 		return true, nil
@@ -466,7 +465,7 @@ func (i *Installer) Uninstall() error {
 			errs = append(errs, err)
 			continue
 		}
-		out, changed, err := unchain(e.Name(), data, i.opts.PluginName)
+		out, changed, err := unchain(path, data, i.opts.PluginName)
 		if err != nil {
 			// Not ours to repair; it matters only if it might hold our entry.
 			if bytes.Contains(data, []byte(`"`+i.opts.PluginName+`"`)) {
@@ -515,7 +514,7 @@ func (i *Installer) Check() error {
 	if err != nil {
 		return err
 	}
-	_, _, changed, err := chain(name, data, i.opts.PluginName, i.entry)
+	_, _, changed, err := chain(path, data, i.opts.PluginName, i.entry)
 	switch {
 	case err != nil:
 		return err
