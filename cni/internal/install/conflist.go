@@ -43,6 +43,9 @@ type object []member
 
 // parseObject decodes data, which must be exactly one JSON object.
 func parseObject(data []byte) (object, error) {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, errors.New("empty; want a JSON object")
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	tok, err := dec.Token()
 	if err != nil {
@@ -79,9 +82,7 @@ func parseObject(data []byte) (object, error) {
 func describeJSONError(err error, dec *json.Decoder) error {
 	var syntax *json.SyntaxError
 	switch {
-	case errors.Is(err, io.EOF):
-		return errors.New("empty; want a JSON object")
-	case errors.Is(err, io.ErrUnexpectedEOF):
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return errors.New("unexpected end of input (truncated JSON)")
 	case errors.As(err, &syntax):
 		return fmt.Errorf("invalid JSON at byte %d: %v", syntax.Offset, syntax)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -32,6 +33,7 @@ func testOptions(t *testing.T, dir string) Options {
 		}
 	}
 	return Options{
+		Log:          slog.New(slog.NewTextHandler(t.Output(), nil)),
 		ConfDir:      filepath.Join(dir, "net.d"),
 		HostConfDir:  "/etc/cni/net.d",
 		BinDir:       filepath.Join(dir, "bin"),
