@@ -1,5 +1,5 @@
-// Package controller is istiod-lite's xDS glue: it watches Namespaces, Pods, Services,
-// AuthorizationPolicies and PeerAuthentications through informers, retranslates only what
+// Package controller is istiod-lite's xDS glue: it watches Namespaces, Nodes, Pods, Services,
+// EndpointSlices, AuthorizationPolicies and PeerAuthentications through informers, retranslates only what
 // each change touches into istio.workload.Address and istio.security.Authorization
 // resources with the pure translate package (a change after a quiet period at once, bursts
 // debounced), and serves them to pkg/xds as Sources, pushing only the names that changed. It is not the xDS protocol (pkg/xds) nor the translation (translate); only
@@ -17,11 +17,14 @@ import (
 
 	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/translate"
 	"github.com/ambient-lite/ambient-lite/pkg/xds"
+	"google.golang.org/protobuf/proto"
 	istioinformers "istio.io/client-go/pkg/informers/externalversions"
 	securitylisters "istio.io/client-go/pkg/listers/security/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/client-go/informers"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -45,7 +48,8 @@ type Pusher interface {
 
 // Options configure a Controller.
 type Options struct {
-	// Kube provides the Namespace, Pod and Service informers. Required; the caller starts it
+	// Kube provides the Namespace, Node, Pod, Service and EndpointSlice informers. Required;
+	// the caller starts it
 	// (after New) and shuts it down.
 	Kube informers.SharedInformerFactory
 	// Istio provides the AuthorizationPolicy and PeerAuthentication informers. Required; the
@@ -73,8 +77,13 @@ type Controller struct {
 	log  *slog.Logger
 
 	namespaces corelisters.NamespaceLister
+	nodes      corelisters.NodeLister
 	pods       corelisters.PodLister
 	services   corelisters.ServiceLister
+	slices     discoverylisters.EndpointSliceLister
+	// podsByNode and slicesBy index the pod and EndpointSlice caches (see the index names).
+	podsByNode cache.Indexer
+	slicesBy   cache.Indexer
 	authzs     securitylisters.AuthorizationPolicyLister
 	peerAuths  securitylisters.PeerAuthenticationLister
 	synced     []cache.InformerSynced
@@ -117,8 +126,18 @@ func New(opts Options) (*Controller, error) {
 	c.dirty.all = true
 	core := opts.Kube.Core().V1()
 	sec := opts.Istio.Security().V1()
+	slices := opts.Kube.Discovery().V1().EndpointSlices()
 	if err := core.Pods().Informer().SetTransform(slimPod); err != nil {
 		return nil, fmt.Errorf("slimming cached pods: %w", err)
+	}
+	if err := core.Nodes().Informer().SetTransform(slimNode); err != nil {
+		return nil, fmt.Errorf("slimming cached nodes: %w", err)
+	}
+	if err := core.Pods().Informer().AddIndexers(cache.Indexers{indexNode: podNode}); err != nil {
+		return nil, fmt.Errorf("indexing pods by node: %w", err)
+	}
+	if err := slices.Informer().AddIndexers(cache.Indexers{indexService: sliceService, indexPod: slicePods}); err != nil {
+		return nil, fmt.Errorf("indexing endpoint slices: %w", err)
 	}
 	handlers := []struct {
 		inf  cache.SharedIndexInformer
@@ -142,6 +161,8 @@ func New(opts Options) (*Controller, error) {
 				}
 			}
 		}},
+		{core.Nodes().Informer(), markNode},
+		{slices.Informer(), markSlice},
 		{sec.AuthorizationPolicies().Informer(), markPolicy},
 		{sec.PeerAuthentications().Informer(), markPolicy},
 	}
@@ -153,8 +174,12 @@ func New(opts Options) (*Controller, error) {
 		c.synced = append(c.synced, reg.HasSynced)
 	}
 	c.namespaces = core.Namespaces().Lister()
+	c.nodes = core.Nodes().Lister()
 	c.pods = core.Pods().Lister()
 	c.services = core.Services().Lister()
+	c.slices = slices.Lister()
+	c.podsByNode = core.Pods().Informer().GetIndexer()
+	c.slicesBy = slices.Informer().GetIndexer()
 	c.authzs = sec.AuthorizationPolicies().Lister()
 	c.peerAuths = sec.PeerAuthentications().Lister()
 	return c, nil
@@ -166,6 +191,60 @@ func markPolicy(d *dirty, _, obj any) {
 	}
 }
 
+// markNode marks a node whose locality may have changed: the pods on it are retranslated.
+// Nodes are updated often (status, leases) but their locality labels almost never change.
+func markNode(d *dirty, old, obj any) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return
+	}
+	if o, ok := old.(*corev1.Node); ok && proto.Equal(translate.Locality(o), translate.Locality(n)) {
+		return
+	}
+	d.nodes[n.Name] = struct{}{}
+}
+
+// markSlice marks the slice (its own Workloads) and the pods whose binding to a Service
+// through it was added or removed; a readiness change of a pod endpoint touches no pod.
+func markSlice(d *dirty, old, obj any) {
+	es, ok := obj.(*discoveryv1.EndpointSlice)
+	if !ok {
+		return
+	}
+	var before map[string]string
+	if o, ok := old.(*discoveryv1.EndpointSlice); ok {
+		if o.ResourceVersion == es.ResourceVersion && o.ResourceVersion != "" {
+			return // a resync: nothing changed
+		}
+		before = podBindings(o)
+	}
+	d.slices[es.Namespace+"/"+es.Name] = struct{}{}
+	now := podBindings(es)
+	for _, pair := range [][2]map[string]string{{now, before}, {before, now}} {
+		for binding, pod := range pair[0] {
+			if _, ok := pair[1][binding]; !ok {
+				d.pods[pod] = struct{}{}
+			}
+		}
+	}
+}
+
+// podBindings are the (pod, UID, Service) bindings the slice makes: binding → pod key.
+func podBindings(es *discoveryv1.EndpointSlice) map[string]string {
+	svc, ok := translate.SliceService(es)
+	if !ok {
+		return nil
+	}
+	out := map[string]string{}
+	for _, ep := range es.Endpoints {
+		if ref := ep.TargetRef; ref != nil && ref.Kind == "Pod" {
+			pod := ref.Namespace + "/" + ref.Name
+			out[pod+"\x00"+string(ref.UID)+"\x00"+es.Namespace+"/"+svc] = pod
+		}
+	}
+	return out
+}
+
 // handler records each event in the dirty set and kicks Run.
 func (c *Controller) handler(mark func(d *dirty, old, obj any)) cache.ResourceEventHandler {
 	record := func(old, obj any) {
@@ -174,8 +253,11 @@ func (c *Controller) handler(mark func(d *dirty, old, obj any)) cache.ResourceEv
 		}
 		c.mu.Lock()
 		mark(c.dirty, old, obj)
+		empty := c.dirty.empty()
 		c.mu.Unlock()
-		c.trigger()
+		if !empty {
+			c.trigger()
+		}
 	}
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { record(nil, obj) },
@@ -343,6 +425,62 @@ func (x selectorIndex) candidates(pod *corev1.Pod) []*corev1.Service {
 		out = append(out, x[pod.Namespace+"\x00"+k+"\x00"+v]...)
 	}
 	return out
+}
+
+// Cache index names.
+const (
+	indexNode    = "node"    // pods by spec.nodeName
+	indexService = "service" // EndpointSlices by "namespace/service" (see translate.SliceService)
+	indexPod     = "pod"     // EndpointSlices by "namespace/name" of the pods their endpoints name
+)
+
+func podNode(obj any) ([]string, error) {
+	if p, ok := obj.(*corev1.Pod); ok && p.Spec.NodeName != "" {
+		return []string{p.Spec.NodeName}, nil
+	}
+	return nil, nil
+}
+
+func sliceService(obj any) ([]string, error) {
+	es, ok := obj.(*discoveryv1.EndpointSlice)
+	if !ok {
+		return nil, nil
+	}
+	if svc, ok := translate.SliceService(es); ok {
+		return []string{es.Namespace + "/" + svc}, nil
+	}
+	return nil, nil
+}
+
+func slicePods(obj any) ([]string, error) {
+	es, ok := obj.(*discoveryv1.EndpointSlice)
+	if !ok {
+		return nil, nil
+	}
+	seen := map[string]struct{}{}
+	var out []string
+	for _, pod := range podBindings(es) {
+		if _, dup := seen[pod]; !dup {
+			seen[pod] = struct{}{}
+			out = append(out, pod)
+		}
+	}
+	return out, nil
+}
+
+// slimNode keeps a node's name, UID, resource version and labels: its locality is all the
+// translation reads, and node objects (status, images, conditions) are large.
+func slimNode(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	slim := &corev1.Node{TypeMeta: n.TypeMeta}
+	slim.Name = n.Name
+	slim.UID = n.UID
+	slim.ResourceVersion = n.ResourceVersion
+	slim.Labels = n.Labels
+	return slim, nil
 }
 
 // slimPod keeps what the translation reads of a pod (its metadata without managed fields,

@@ -5,7 +5,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"maps"
+	"slices"
 	"sort"
+	"strings"
 
 	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/translate"
 	"github.com/ambient-lite/ambient-lite/pkg/xds"
@@ -14,6 +16,7 @@ import (
 	securityclient "istio.io/client-go/pkg/apis/security/v1"
 	"istio.io/istio/pkg/workloadapi"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/labels"
 )
 
@@ -23,6 +26,8 @@ type dirty struct {
 	pods       map[string]struct{} // "namespace/name"
 	services   map[string]struct{} // "namespace/name"
 	namespaces map[string]struct{} // every pod of these namespaces
+	nodes      map[string]struct{} // every pod on these nodes (their locality changed)
+	slices     map[string]struct{} // EndpointSlices "namespace/name": their own workloads
 	// selections are the selectors of changed Services (old and new): the pods they
 	// select gain or lose the Service.
 	selections []selection
@@ -39,13 +44,13 @@ type selection struct {
 func newDirty() *dirty {
 	return &dirty{
 		pods: map[string]struct{}{}, services: map[string]struct{}{}, namespaces: map[string]struct{}{},
-		policyNamespaces: map[string]struct{}{},
+		nodes: map[string]struct{}{}, slices: map[string]struct{}{}, policyNamespaces: map[string]struct{}{},
 	}
 }
 
 func (d *dirty) empty() bool {
 	return !d.all && len(d.pods) == 0 && len(d.services) == 0 && len(d.namespaces) == 0 &&
-		len(d.selections) == 0 && len(d.policyNamespaces) == 0
+		len(d.nodes) == 0 && len(d.slices) == 0 && len(d.selections) == 0 && len(d.policyNamespaces) == 0
 }
 
 // index is the controller's incremental state: the resources served and which object
@@ -56,6 +61,7 @@ type index struct {
 	authorizations map[string]*xds.Resource // published copy-on-write
 	podNames       map[string]string        // pod key → resource name
 	serviceNames   map[string]string        // service key → resource name
+	sliceNames     map[string][]string      // EndpointSlice key → resource names
 	selecting      selectorIndex
 	// skipped maps objects that did not translate to the reason, so that each problem is
 	// logged once rather than on every flush.
@@ -65,7 +71,7 @@ type index struct {
 func newIndex() *index {
 	return &index{
 		addresses: map[string]*xds.Resource{}, authorizations: map[string]*xds.Resource{},
-		podNames: map[string]string{}, serviceNames: map[string]string{},
+		podNames: map[string]string{}, serviceNames: map[string]string{}, sliceNames: map[string][]string{},
 		selecting: selectorIndex{}, skipped: map[string]string{},
 	}
 }
@@ -200,7 +206,74 @@ func (x *index) apply(c *Controller, d *dirty) (changes, map[string]string) {
 		}
 	}
 
-	// Pods: the changed ones, those of changed namespaces, those a changed Service
+	// A changed Service changes the Workloads of its EndpointSlices and the services map of
+	// the pods they bind to it.
+	for key := range d.services {
+		for _, es := range x.slicesOf(c, indexService, key) {
+			d.slices[es.Namespace+"/"+es.Name] = struct{}{}
+			for _, pod := range podBindings(es) {
+				d.pods[pod] = struct{}{}
+			}
+		}
+	}
+
+	// EndpointSlices: the Workloads of their endpoints that are not pods.
+	if d.all || len(d.slices) > 0 {
+		keys := d.slices
+		if d.all {
+			list, err := c.slices.List(labels.Everything())
+			if err != nil {
+				skip("EndpointSlice lister", err.Error())
+			}
+			keys = map[string]struct{}{}
+			for key := range x.sliceNames {
+				keys[key] = struct{}{}
+			}
+			for _, es := range list {
+				keys[es.Namespace+"/"+es.Name] = struct{}{}
+			}
+		}
+		for key := range keys {
+			ns, name := splitKey(key)
+			object := "EndpointSlice " + key
+			var ws []*workloadapi.Workload
+			var problems []string
+			if es, err := c.slices.EndpointSlices(ns).Get(name); err == nil {
+				var svc *corev1.Service
+				if svcName, ok := translate.SliceService(es); ok {
+					svc, _ = c.services.Services(ns).Get(svcName)
+				}
+				ws, problems = translate.EndpointSliceWorkloads(es, svc, c.opts.Translate)
+			}
+			if len(problems) > 0 {
+				skip(object, strings.Join(problems, "; "))
+			} else {
+				unskip(object)
+			}
+			now := make([]string, 0, len(ws))
+			for _, w := range ws {
+				r, err := resource(AddressType, w.Uid, &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: w}})
+				if err != nil {
+					skip(object, err.Error())
+					continue
+				}
+				now = append(now, w.Uid)
+				set(w.Uid, r)
+			}
+			for _, old := range x.sliceNames[key] {
+				if !slices.Contains(now, old) {
+					set(old, nil)
+				}
+			}
+			if len(now) == 0 {
+				delete(x.sliceNames, key)
+			} else {
+				x.sliceNames[key] = now
+			}
+		}
+	}
+
+	// Pods: the changed ones, those of changed namespaces and nodes, those a changed Service
 	// selects or selected, and those whose policies may have changed.
 	pods := map[string]*corev1.Pod{}
 	gone := map[string]struct{}{}
@@ -229,6 +302,14 @@ func (x *index) apply(c *Controller, d *dirty) (changes, map[string]string) {
 			list, _ := c.pods.Pods(ns).List(labels.Everything())
 			addPods(list)
 		}
+		for node := range d.nodes {
+			list, _ := c.podsByNode.ByIndex(indexNode, node)
+			for _, obj := range list {
+				if p, ok := obj.(*corev1.Pod); ok {
+					pods[p.Namespace+"/"+p.Name] = p
+				}
+			}
+		}
 		for _, s := range d.selections {
 			if len(s.selector) == 0 {
 				continue
@@ -256,7 +337,19 @@ func (x *index) apply(c *Controller, d *dirty) (changes, map[string]string) {
 	}
 	for key, pod := range pods {
 		ns, _ := c.namespaces.Get(pod.Namespace)
-		w, ok := translate.Workload(enrolled(pod, ns), ns, x.selecting.candidates(pod), c.opts.Translate)
+		in := translate.PodInputs{Pod: enrolled(pod, ns), Namespace: ns, Services: x.selecting.candidates(pod)}
+		if pod.Spec.NodeName != "" {
+			in.Node, _ = c.nodes.Get(pod.Spec.NodeName)
+		}
+		in.EndpointSlices = x.slicesOf(c, indexPod, key)
+		for _, es := range in.EndpointSlices {
+			if name, ok := translate.SliceService(es); ok {
+				if svc, err := c.services.Services(es.Namespace).Get(name); err == nil {
+					in.Services = append(in.Services, svc)
+				}
+			}
+		}
+		w, ok := translate.Workload(in, c.opts.Translate)
 		if !ok { // no IP yet, or finished: not a workload (not an error)
 			if old, had := x.podNames[key]; had {
 				set(old, nil)
@@ -280,6 +373,18 @@ func (x *index) apply(c *Controller, d *dirty) (changes, map[string]string) {
 	}
 	x.addresses = addresses
 	return out, fresh
+}
+
+// slicesOf returns the cached EndpointSlices filed under key in the named index.
+func (x *index) slicesOf(c *Controller, indexName, key string) []*discoveryv1.EndpointSlice {
+	objs, _ := c.slicesBy.ByIndex(indexName, key)
+	out := make([]*discoveryv1.EndpointSlice, 0, len(objs))
+	for _, obj := range objs {
+		if es, ok := obj.(*discoveryv1.EndpointSlice); ok {
+			out = append(out, es)
+		}
+	}
+	return out
 }
 
 // changedNames lists the names whose version differs between a and b, or that only one has.

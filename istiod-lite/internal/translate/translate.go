@@ -1,5 +1,6 @@
-// Package translate turns Kubernetes Namespaces, Pods and Services into Istio's workload API
-// (istio.workload.Workload and istio.workload.Service), and AuthorizationPolicy and
+// Package translate turns Kubernetes Namespaces, Pods, Services, Nodes (locality) and
+// EndpointSlices into Istio's workload API (istio.workload.Workload and
+// istio.workload.Service), and AuthorizationPolicy and
 // PeerAuthentication into istio.security.Authorization, field for field as istiod's ambient
 // index does (pilot/pkg/serviceregistry/ambient), so that ztunnel cannot tell the difference
 // — except that a ztunnel-enforced policy with L7-only attributes fails closed for DENY as
@@ -7,7 +8,7 @@
 //
 // It is pure translation: no informers, no client, no xDS, no logging. The istiod-lite
 // controller watches the objects, feeds them in and serves the results; only istiod-lite
-// imports it. Waypoints, network gateways and node locality are not translated here.
+// imports it. Waypoints and network gateways are not translated here.
 package translate
 
 import (

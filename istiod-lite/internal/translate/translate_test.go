@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"istio.io/istio/pkg/workloadapi"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
@@ -41,6 +42,12 @@ func TestGolden(t *testing.T) {
 		{name: "external-name"},
 		{name: "service-accounts"},
 		{name: "load-balancing"},
+		{name: "locality"},
+		{name: "endpointslice-selectorless"},
+		{name: "endpointslice-pod-targetref"},
+		{name: "endpointslice-named-ports"},
+		{name: "endpointslice-ipv6", opts: Options{ClusterID: "cluster1", TrustDomain: "example.org", Network: "net1"}},
+		{name: "endpointslice-selector-service"},
 		{name: "custom-options", opts: Options{
 			ClusterID: "cluster1", TrustDomain: "example.org", DomainSuffix: "mesh.example", Network: "net1",
 		}},
@@ -66,14 +73,16 @@ func TestGolden(t *testing.T) {
 
 type objects struct {
 	namespaces map[string]*corev1.Namespace
+	nodes      map[string]*corev1.Node
 	pods       []*corev1.Pod
 	services   []*corev1.Service
+	slices     []*discoveryv1.EndpointSlice
 }
 
 var docSeparator = regexp.MustCompile(`(?m)^---\s*$`)
 
 func decodeObjects(in []byte) (objects, error) {
-	objs := objects{namespaces: map[string]*corev1.Namespace{}}
+	objs := objects{namespaces: map[string]*corev1.Namespace{}, nodes: map[string]*corev1.Node{}}
 	err := decodeDocs(in, func(kind string, doc []byte) error {
 		switch kind {
 		case "Namespace":
@@ -81,6 +90,15 @@ func decodeObjects(in []byte) (objects, error) {
 			err := yaml.UnmarshalStrict(doc, ns)
 			objs.namespaces[ns.Name] = ns
 			return err
+		case "Node":
+			node := &corev1.Node{}
+			err := yaml.UnmarshalStrict(doc, node)
+			objs.nodes[node.Name] = node
+			return err
+		case "EndpointSlice":
+			es := &discoveryv1.EndpointSlice{}
+			objs.slices = append(objs.slices, es)
+			return yaml.UnmarshalStrict(doc, es)
 		case "Pod":
 			pod := &corev1.Pod{}
 			objs.pods = append(objs.pods, pod)
@@ -121,7 +139,25 @@ func translateAll(objs objects, opts Options) []*workloadapi.Address {
 		}
 	}
 	for _, pod := range objs.pods {
-		if w, ok := Workload(pod, objs.namespaces[pod.Namespace], objs.services, opts); ok {
+		in := PodInputs{
+			Pod: pod, Namespace: objs.namespaces[pod.Namespace], Node: objs.nodes[pod.Spec.NodeName],
+			Services: objs.services, EndpointSlices: objs.slices,
+		}
+		if w, ok := Workload(in, opts); ok {
+			workloads = append(workloads, &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: w}})
+		}
+	}
+	for _, es := range objs.slices {
+		var svc *corev1.Service
+		if name, ok := SliceService(es); ok {
+			for _, s := range objs.services {
+				if s.Namespace == es.Namespace && s.Name == name {
+					svc = s
+				}
+			}
+		}
+		ws, _ := EndpointSliceWorkloads(es, svc, opts)
+		for _, w := range ws {
 			workloads = append(workloads, &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: w}})
 		}
 	}
@@ -311,7 +347,7 @@ func TestWorkloadRejects(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if w, ok := Workload(tt.pod, nil, nil, Options{}); ok {
+			if w, ok := Workload(PodInputs{Pod: tt.pod}, Options{}); ok {
 				t.Errorf("Workload() = %v, true; want false", w)
 			}
 		})
@@ -334,7 +370,7 @@ func TestPodServicesNamedPortOnNativeSidecar(t *testing.T) {
 			Ports:    []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromString("web")}},
 		},
 	}
-	got := podServices(pod, []*corev1.Service{svc}, "cluster.local")["ns/s.ns.svc.cluster.local"].GetPorts()
+	got := podServices(pod, []*corev1.Service{svc}, nil, "cluster.local")["ns/s.ns.svc.cluster.local"].GetPorts()
 	if len(got) != 1 || got[0].TargetPort != 2 {
 		t.Errorf("ports = %v, want one with target 2 (the native sidecar's)", got)
 	}

@@ -7,11 +7,31 @@ import (
 
 	"istio.io/istio/pkg/workloadapi"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 )
 
-// Workload translates an ambient pod into the Workload istiod would send for it. ns is the
-// pod's namespace (nil if unknown); services are candidate Services, of which those in the
-// pod's namespace whose non-empty selector matches the pod's labels fill the services map.
+// PodInputs are the objects a pod's Workload is built from.
+type PodInputs struct {
+	// Pod is the pod translated. Required.
+	Pod *corev1.Pod
+	// Namespace is the pod's namespace; nil if unknown.
+	Namespace *corev1.Namespace
+	// Node is the pod's node (spec.nodeName), which gives the workload its locality (see
+	// Locality); nil if unknown, and the workload has none. A node of another name is ignored.
+	Node *corev1.Node
+	// Services are the candidate Services: those in the pod's namespace whose non-empty
+	// selector matches the pod's labels fill the services map, and so do those an
+	// EndpointSlice below binds the pod to. The caller includes the Services its slices name.
+	Services []*corev1.Service
+	// EndpointSlices are candidate slices: a slice that belongs to one of Services (label
+	// kubernetes.io/service-name, address type not FQDN) and has an endpoint whose targetRef is
+	// this pod (namespace, name and UID) adds that Service, as istiod does for Services without
+	// a selector whose endpoints name pods.
+	EndpointSlices []*discoveryv1.EndpointSlice
+}
+
+// Workload translates an ambient pod into the Workload istiod would send for it, with the
+// services map filled from in.Services and in.EndpointSlices and the locality from in.Node.
 //
 // It returns false when the pod is not in the mesh (see InMesh), has finished (Succeeded or
 // Failed), or has no valid IP yet.
@@ -19,8 +39,9 @@ import (
 // Following istiod: service_account is the pod's as written (not elided), trust_domain is
 // elided when cluster.local, and workload_type is always POD while workload_name names the
 // owning Deployment, Job, CronJob or other controller.
-func Workload(pod *corev1.Pod, ns *corev1.Namespace, services []*corev1.Service, opts Options) (*workloadapi.Workload, bool) {
-	if !InMesh(pod, ns) {
+func Workload(in PodInputs, opts Options) (*workloadapi.Workload, bool) {
+	pod := in.Pod
+	if !InMesh(pod, in.Namespace) {
 		return nil, false
 	}
 	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
@@ -41,13 +62,16 @@ func Workload(pod *corev1.Pod, ns *corev1.Namespace, services []*corev1.Service,
 		ServiceAccount: pod.Spec.ServiceAccountName,
 		Node:           pod.Spec.NodeName,
 		ClusterId:      opts.ClusterID,
-		Services:       podServices(pod, services, opts.DomainSuffix),
+		Services:       podServices(pod, in.Services, in.EndpointSlices, opts.DomainSuffix),
 		Status:         podStatus(pod),
 		WorkloadName:   workloadName(pod),
 		WorkloadType:   workloadapi.WorkloadType_POD, // istiod keeps POD for backwards compatibility
 	}
 	if opts.TrustDomain != defaultTrustDomain {
 		w.TrustDomain = opts.TrustDomain
+	}
+	if in.Node != nil && in.Node.Name == pod.Spec.NodeName {
+		w.Locality = Locality(in.Node)
 	}
 	w.CanonicalName, w.CanonicalRevision = canonicalService(pod.Labels, w.WorkloadName)
 	w.TunnelProtocol, w.NativeTunnel = tunnel(pod)
@@ -107,13 +131,14 @@ func tunnel(pod *corev1.Pod) (workloadapi.TunnelProtocol, bool) {
 	return workloadapi.TunnelProtocol_NONE, false
 }
 
-// podServices maps "namespace/hostname" of every Service selecting the pod to its ports, with
-// named target ports resolved against the pod's TCP container ports. A port whose named target
-// the pod lacks is left out; a Service keeps its (possibly empty) entry.
-func podServices(pod *corev1.Pod, services []*corev1.Service, domainSuffix string) map[string]*workloadapi.PortList {
+// podServices maps "namespace/hostname" of every Service selecting the pod, or bound to it by
+// one of slices, to its ports, with named target ports resolved against the pod's TCP container
+// ports. A port whose named target the pod lacks is left out; a Service keeps its (possibly
+// empty) entry.
+func podServices(pod *corev1.Pod, services []*corev1.Service, slices []*discoveryv1.EndpointSlice, domainSuffix string) map[string]*workloadapi.PortList {
 	res := map[string]*workloadapi.PortList{}
 	for _, svc := range services {
-		if !selects(svc, pod) {
+		if !selects(svc, pod) && !slicesSelect(slices, svc, pod) {
 			continue
 		}
 		pl := &workloadapi.PortList{Ports: make([]*workloadapi.Port, 0, len(svc.Spec.Ports))}
@@ -134,6 +159,20 @@ func podServices(pod *corev1.Pod, services []*corev1.Service, domainSuffix strin
 		return nil
 	}
 	return res
+}
+
+// slicesSelect reports whether one of slices binds the pod to svc (see sliceSelects).
+// ExternalName Services have no workloads.
+func slicesSelect(slices []*discoveryv1.EndpointSlice, svc *corev1.Service, pod *corev1.Pod) bool {
+	if svc == nil || svc.Spec.Type == corev1.ServiceTypeExternalName {
+		return false
+	}
+	for _, es := range slices {
+		if sliceSelects(es, svc, pod) {
+			return true
+		}
+	}
+	return false
 }
 
 // selects reports whether the Service's non-empty selector matches the pod's labels in the
