@@ -219,6 +219,10 @@ func TestInPodMode(t *testing.T) {
 			t.Errorf("in-pod ztunnel listens on node port %d", port)
 		}
 	}
+	// B's baseline, once its start-up work is done (the prefetched certificate holds a CA
+	// connection open).
+	waitFor(t, 10*time.Second, "ztunnel B's certificate", func() bool { return strings.Contains(m.logB.String(), "issued certificate") })
+	time.Sleep(200 * time.Millisecond)
 	baseFDsB, baseGoB := fdCount(t, m.ztunnelB.Process.Pid), goroutines(t, m.tp, m.nodeB)
 
 	// Before the pod is added the redirection fails closed.

@@ -158,6 +158,9 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	var pods *inpod.Manager
 	var zdsClient *zds.Client
 	if cfg.InPod {
+		if err := socket.InitNetns(); err != nil {
+			return err
+		}
 		pods, err = inpod.New(inpod.Options{
 			Start: inpod.Starter{Proxy: px, ClusterID: cfg.ClusterID, Log: log.With("component", "inpod")}.Start,
 			Drain: cfg.Drain, Log: log.With("component", "inpod"),

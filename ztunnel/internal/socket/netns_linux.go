@@ -35,6 +35,14 @@ var homeNetns = sync.OnceValues(func() (*os.File, error) {
 	return f, nil
 })
 
+// InitNetns opens the handle on ztunnel's own network namespace that the functions below
+// switch back to. They do it on first use; calling it at start makes a missing /proc fail
+// start-up instead, and keeps that one long-lived fd out of per-pod accounting.
+func InitNetns() error {
+	_, err := homeNetns()
+	return err
+}
+
 // InNetns runs f on an OS thread switched into the network namespace netns, on a goroutine
 // of its own, and returns f's error. Sockets f creates belong to netns. f must not start
 // goroutines that expect to run in netns: they run on other threads.
