@@ -1,7 +1,8 @@
 // Package install puts the ambient-lite CNI plugin on a node and keeps it there: it copies the
 // plugin binary into the node's CNI bin directory, writes the kubeconfig the plugin reads, and
 // chains the plugin, last, into the primary CNI's config list (the first .conf or .conflist in
-// the config directory in lexical order, the one the container runtime loads). Run repeats
+// the config directory in lexical order, the one the container runtime loads; containerd also
+// loads .json files, which are not considered here). Run repeats
 // that whenever the primary CNI rewrites its file, a new primary file appears or the binary
 // goes away; Uninstall takes it all back out.
 //
@@ -345,6 +346,8 @@ func (i *Installer) installKubeconfig() error {
 }
 
 // installConflist chains the plugin into the primary config if it is not chained as it must be.
+// A primary .conf replaces a .conflist of the same base name, which is what an earlier pass
+// made of the same primary CNI's previous .conf.
 func (i *Installer) installConflist() (bool, error) {
 	name, err := primary(i.opts.ConfDir)
 	if err != nil {
