@@ -34,7 +34,9 @@ type inpodMesh struct {
 	serverSeenBy chan string // remote address of each connection the server accepted
 }
 
-func newInpodMesh(t *testing.T) *inpodMesh {
+// newInpodMesh builds the topology. With netfilterClient the client pod is captured as by
+// Istio's CNI (nftables REDIRECT to :15001) instead of by the eBPF redirection.
+func newInpodMesh(t *testing.T, netfilterClient bool) *inpodMesh {
 	t.Helper()
 	tp := New(t)
 	testenv.RequirePrivileged(t, testenv.CapNetAdmin, testenv.CapSysAdmin, testenv.CapBPF)
@@ -56,8 +58,17 @@ func newInpodMesh(t *testing.T) *inpodMesh {
 
 	// The CNI's redirection in each mesh pod (not in the legacy one).
 	pins := privateBPFFS(t)
-	installRedirect(t, m.client, pins, "10.10.1.2")
 	installRedirect(t, m.server, pins, "10.10.2.2")
+	if netfilterClient {
+		nft(t, tp, m.client, `table ip inpod {
+	chain output {
+		type nat hook output priority -100
+		meta l4proto tcp meta mark & 0xfff != 0x539 ip daddr != 127.0.0.0/8 redirect to :15001
+	}
+}`)
+	} else {
+		installRedirect(t, m.client, pins, "10.10.1.2")
+	}
 
 	// The server reports who connected to it, then echoes.
 	m.serverSeenBy = make(chan string, 16)
@@ -197,7 +208,7 @@ func (m *inpodMesh) listening(t *testing.T, ns string, port int) bool {
 // netns, takes PERMISSIVE plaintext on :15006, fails closed after DelWorkload, survives a
 // restart (the agent replays), and leaks no fd or goroutine per pod.
 func TestInPodMode(t *testing.T) {
-	m := newInpodMesh(t)
+	m := newInpodMesh(t, false)
 
 	// Not ready until the node agent's snapshot: no agent connection yet counts.
 	for _, a := range []*zds.Server{m.agentA, m.agentB} {
@@ -331,4 +342,30 @@ func TestInPodMode(t *testing.T) {
 	}
 	settled("ztunnel A after Add+Del of the client", m.ztunnelA.Process.Pid, m.nodeA, fdsA, goA)
 	settled("ztunnel B after Del of every pod", m.ztunnelB.Process.Pid, m.nodeB, baseFDsB, baseGoB)
+}
+
+// TestInPodNetfilterCapture: a pod captured by netfilter (Istio's CNI) rather than by the
+// eBPF redirection: capture.Register finds no program, ztunnel says so and serves anyway,
+// taking the original destination from SO_ORIGINAL_DST.
+func TestInPodNetfilterCapture(t *testing.T) {
+	m := newInpodMesh(t, true)
+	m.waitReady(t, m.nodeA)
+	m.waitReady(t, m.nodeB)
+	m.add(t, m.agentA, m.clientWL)
+	m.add(t, m.agentB, m.serverWL)
+	if !strings.Contains(m.logA.String(), "no eBPF redirection") {
+		t.Error("ztunnel A did not log that the client pod has no eBPF redirection")
+	}
+	for _, dst := range []string{"10.10.2.2:8080", "10.96.0.20:80"} {
+		got, err := m.roundTripFrom(m.client, dst, "nf-"+dst, 5*time.Second)
+		if err != nil || got != "nf-"+dst {
+			t.Fatalf("client → %s: %q, %v", dst, got, err)
+		}
+	}
+	metricsA := m.get(t, m.nodeA, "http://127.0.0.1:15020/metrics")
+	for _, want := range []string{`reporter="source"`, `source_principal="spiffe://cluster.local/ns/default/sa/sleep"`, `connection_security_policy="mutual_tls"`} {
+		if !strings.Contains(metricsA, want) {
+			t.Errorf("ztunnel A metrics lack %s", want)
+		}
+	}
 }
