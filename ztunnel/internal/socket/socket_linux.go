@@ -1,7 +1,9 @@
 // Package socket holds the Linux socket operations ztunnel's proxies need: the original
 // destination of a redirected connection (SO_ORIGINAL_DST), and dialers that spoof the
 // client's source address (IP_TRANSPARENT) or mark their packets (SO_MARK) so redirection
-// rules let them through. It is mechanism only; when to use which is the proxy's decision.
+// rules let them through, and the creation of listeners and connections inside another
+// network namespace (a pod's, in in-pod mode). It is mechanism only; when to use which is
+// the proxy's decision.
 package socket
 
 import (
