@@ -29,7 +29,10 @@ type config struct {
 	ReadyAddr    string
 	AckTimeout   time.Duration
 	// Installer settings; ConfDir empty means the plugin is installed by someone else.
-	ConfDir, BinDir, PluginBinary string
+	ConfDir, HostConfDir, BinDir, PluginBinary string
+	// PluginTokenFile is where the agent keeps a copy of its ServiceAccount token for the
+	// plugin (a node path, so the plugin can read it); SourceTokenFile is the token it copies.
+	PluginTokenFile, SourceTokenFile string
 	LogLevel                      slog.Level
 }
 
@@ -54,6 +57,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.StringVar(&c.ReadyAddr, "ready-addr", env("READY_ADDR", ":8000"), "address of /readyz and /healthz (env READY_ADDR)")
 	fs.StringVar(&ack, "ack-timeout", env("ZDS_ACK_TIMEOUT", "5s"), "how long ztunnel has to acknowledge a pod (env ZDS_ACK_TIMEOUT)")
 	fs.StringVar(&c.ConfDir, "cni-conf-dir", env("CNI_CONF_DIR", ""), "CNI config directory to chain the plugin into; empty: do not install (env CNI_CONF_DIR)")
+	fs.StringVar(&c.HostConfDir, "host-cni-conf-dir", env("HOST_CNI_CONF_DIR", ""), "the CNI config directory as the node sees it, when mounted elsewhere here (env HOST_CNI_CONF_DIR)")
+	fs.StringVar(&c.PluginTokenFile, "plugin-token-file", env("PLUGIN_TOKEN_FILE", "/var/run/ambient-lite/cni/token"), "node path where the agent keeps the token the plugin uses (env PLUGIN_TOKEN_FILE)")
+	fs.StringVar(&c.SourceTokenFile, "source-token-file", env("SOURCE_TOKEN_FILE", "/var/run/secrets/kubernetes.io/serviceaccount/token"), "the agent's ServiceAccount token, copied for the plugin (env SOURCE_TOKEN_FILE)")
 	fs.StringVar(&c.BinDir, "cni-bin-dir", env("CNI_BIN_DIR", "/opt/cni/bin"), "CNI binary directory (env CNI_BIN_DIR)")
 	fs.StringVar(&c.PluginBinary, "plugin-binary", env("PLUGIN_BINARY", "/opt/ambient-lite/ambient-lite-cni"), "the plugin binary to install (env PLUGIN_BINARY)")
 	fs.StringVar(&level, "log-level", env("LOG_LEVEL", "info"), "debug, info, warn or error (env LOG_LEVEL)")

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ambient-lite/ambient-lite/cni/internal/agent"
+	"github.com/ambient-lite/ambient-lite/cni/internal/install"
 	"github.com/ambient-lite/ambient-lite/cni/internal/pluginapi"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/kubernetes"
@@ -41,7 +42,11 @@ func main() {
 }
 
 func run(ctx context.Context, cfg config, log *slog.Logger) error {
-	kube, err := kubeClient(cfg.Kubeconfig)
+	kube, rc, err := kubeClient(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	inst, err := installer(cfg, rc, log)
 	if err != nil {
 		return err
 	}
@@ -71,8 +76,14 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !a.Ready() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			http.Error(w, "not ready: reconciling the node", http.StatusServiceUnavailable)
 			return
+		}
+		if inst != nil {
+			if err := inst.Check(); err != nil {
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
 		}
 		w.WriteHeader(http.StatusOK)
 	})
@@ -82,6 +93,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.Run(gctx) })
+	if inst != nil {
+		g.Go(func() error { return copyToken(gctx, cfg.SourceTokenFile, cfg.PluginTokenFile, log) })
+		g.Go(func() error { return inst.Run(gctx) })
+	}
 	for srv, l := range servers {
 		g.Go(func() error {
 			if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
@@ -100,7 +115,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	return g.Wait()
 }
 
-func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+func kubeClient(kubeconfig string) (kubernetes.Interface, *rest.Config, error) {
 	var cfg *rest.Config
 	var err error
 	if kubeconfig == "" {
@@ -109,8 +124,67 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("loading Kubernetes client configuration (set --kubeconfig outside a cluster): %w", err)
+		return nil, nil, fmt.Errorf("loading Kubernetes client configuration (set --kubeconfig outside a cluster): %w", err)
 	}
 	cfg.UserAgent = "ambient-lite-node-agent"
-	return kubernetes.NewForConfig(cfg)
+	k, err := kubernetes.NewForConfig(cfg)
+	return k, cfg, err
+}
+
+// installer chains the plugin into the node's CNI config, when the agent is told where it is.
+func installer(cfg config, rc *rest.Config, log *slog.Logger) (*install.Installer, error) {
+	if cfg.ConfDir == "" {
+		return nil, nil
+	}
+	ca := rc.CAData
+	if len(ca) == 0 && rc.CAFile != "" {
+		b, err := os.ReadFile(rc.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading the apiserver CA for the plugin: %w", err)
+		}
+		ca = b
+	}
+	return install.New(install.Options{
+		ConfDir: cfg.ConfDir, HostConfDir: cfg.HostConfDir, BinDir: cfg.BinDir, PluginBinary: cfg.PluginBinary,
+		Plugin:     install.PluginConfig{AgentSocket: cfg.PluginSocket},
+		Kubeconfig: install.KubeconfigSource{Server: rc.Host, CAData: ca, TokenFile: cfg.PluginTokenFile},
+		Log:        log.With("component", "install"),
+	})
+}
+
+// copyToken keeps dst a copy of src (a projected token that the kubelet rotates), checking
+// every minute, until ctx ends.
+func copyToken(ctx context.Context, src, dst string, log *slog.Logger) error {
+	copyOnce := func() error {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			return fmt.Errorf("reading the token for the plugin: %w", err)
+		}
+		if old, err := os.ReadFile(dst); err == nil && string(old) == string(b) {
+			return nil
+		}
+		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+			return err
+		}
+		tmp := dst + ".tmp"
+		if err := os.WriteFile(tmp, b, 0o600); err != nil {
+			return err
+		}
+		return os.Rename(tmp, dst)
+	}
+	if err := copyOnce(); err != nil {
+		return err
+	}
+	tick := time.NewTicker(time.Minute)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+			if err := copyOnce(); err != nil {
+				log.Warn("refreshing the plugin's token", "err", err)
+			}
+		}
+	}
 }
