@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,11 +15,15 @@ import (
 	securityclient "istio.io/client-go/pkg/apis/security/v1"
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
 	istioinformers "istio.io/client-go/pkg/informers/externalversions"
+	"istio.io/istio/pkg/workloadapi"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	kubefake "k8s.io/client-go/kubernetes/fake"
+	"k8s.io/utils/ptr"
 )
 
 // TestIncrementalMatchesFullBuild applies a seeded random sequence of changes to every
@@ -54,7 +59,9 @@ func TestIncrementalMatchesFullBuild(t *testing.T) {
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	apps := []string{"x", "y", "z"}
+	nodes := []string{"node-1", "node-2", "node-3"}
 	pick := func(s []string) string { return s[rng.IntN(len(s))] }
+	podUID := func(ns, name string) types.UID { return types.UID(ns + "-" + name) }
 	ops := []struct {
 		name string
 		do   func() error
@@ -68,6 +75,8 @@ func TestIncrementalMatchesFullBuild(t *testing.T) {
 			if rng.IntN(5) == 0 {
 				p.Status.PodIP = "" // not yet a workload
 			}
+			p.Spec.NodeName = pick(nodes)
+			p.UID = podUID(ns, name)
 			return upsert(ctx, kube.CoreV1().Pods(ns), p)
 		}},
 		{"pod delete", func() error {
@@ -88,10 +97,62 @@ func TestIncrementalMatchesFullBuild(t *testing.T) {
 				Spec: corev1.ServiceSpec{ClusterIP: fmt.Sprintf("10.96.0.%d", rng.IntN(250)+1), Selector: map[string]string{"app": pick(apps)},
 					Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
 			}
+			if rng.IntN(2) == 0 {
+				svc.Spec.Selector = nil // endpoints come from EndpointSlices
+			}
+			if rng.IntN(3) == 0 {
+				svc.Spec.Ports[0].Name = "web" // slice ports named http no longer map
+			}
 			return upsert(ctx, kube.CoreV1().Services(ns), svc)
 		}},
 		{"service delete", func() error {
 			return ignoreMissing(kube.CoreV1().Services(pick(namespaces[1:])).Delete(ctx, fmt.Sprintf("s%d", rng.IntN(3)), metav1.DeleteOptions{}))
+		}},
+		{"node upsert", func() error {
+			n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: pick(nodes), Labels: map[string]string{}}}
+			for _, l := range []string{corev1.LabelTopologyRegion, corev1.LabelTopologyZone, "topology.istio.io/subzone"} {
+				if rng.IntN(2) == 0 {
+					n.Labels[l] = fmt.Sprintf("%s-%d", l[len(l)-4:], rng.IntN(2))
+				}
+			}
+			if rng.IntN(3) == 0 {
+				n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}} // no locality change
+			}
+			return upsert(ctx, kube.CoreV1().Nodes(), n)
+		}},
+		{"node delete", func() error {
+			return ignoreMissing(kube.CoreV1().Nodes().Delete(ctx, pick(nodes), metav1.DeleteOptions{}))
+		}},
+		{"endpointslice upsert", func() error {
+			ns, svc := pick(namespaces[1:]), fmt.Sprintf("s%d", rng.IntN(3))
+			es := &discoveryv1.EndpointSlice{
+				ObjectMeta:  metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("%s-%d", svc, rng.IntN(2)), Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+				AddressType: discoveryv1.AddressTypeIPv4,
+				Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(corev1.ProtocolTCP)}},
+			}
+			if rng.IntN(6) == 0 {
+				es.Labels = nil // not a Service's slice
+			}
+			for range rng.IntN(4) {
+				ep := discoveryv1.Endpoint{
+					Addresses:  []string{fmt.Sprintf("192.168.%d.%d", rng.IntN(2), rng.IntN(4)+1)},
+					Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(rng.IntN(3) != 0)},
+				}
+				if rng.IntN(3) != 0 {
+					name := fmt.Sprintf("p%d", rng.IntN(6))
+					uid := podUID(ns, name)
+					if rng.IntN(6) == 0 {
+						uid = "stale"
+					}
+					ep.TargetRef = &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: name, UID: uid}
+				}
+				es.Endpoints = append(es.Endpoints, ep)
+			}
+			return upsert(ctx, kube.DiscoveryV1().EndpointSlices(ns), es)
+		}},
+		{"endpointslice delete", func() error {
+			ns := pick(namespaces[1:])
+			return ignoreMissing(kube.DiscoveryV1().EndpointSlices(ns).Delete(ctx, fmt.Sprintf("s%d-%d", rng.IntN(3), rng.IntN(2)), metav1.DeleteOptions{}))
 		}},
 		{"policy upsert", func() error {
 			ns := pick(namespaces)
@@ -122,7 +183,17 @@ func TestIncrementalMatchesFullBuild(t *testing.T) {
 			return upsert(ctx, istio.SecurityV1().PeerAuthentications(ns), pa)
 		}},
 	}
-	for step := range 150 {
+	// Services and slices are upserted more often than deleted, so that slices often belong to
+	// a Service without a selector.
+	for _, name := range []string{"service upsert", "endpointslice upsert"} {
+		for _, op := range ops {
+			if op.name == name {
+				ops = append(ops, op)
+			}
+		}
+	}
+	var seen coverage
+	for step := range 300 {
 		op := ops[rng.IntN(len(ops))]
 		if err := op.do(); err != nil {
 			t.Fatalf("step %d (%s): %v", step, op.name, err)
@@ -140,12 +211,52 @@ func TestIncrementalMatchesFullBuild(t *testing.T) {
 			diffA := versionDiff(snap.byType[AddressType], want.addresses)
 			diffZ := versionDiff(snap.byType[AuthorizationType], want.authorizations)
 			if diffA == "" && diffZ == "" {
+				seen.count(t, c, snap.byType[AddressType])
 				break
 			}
 			if time.Now().After(deadline) {
 				t.Fatalf("step %d (%s): incremental state differs from a full build:\naddresses: %s\nauthorizations: %s", step, op.name, diffA, diffZ)
 			}
 			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	if seen.sliceWorkloads == 0 || seen.unhealthySlice == 0 || seen.located == 0 || seen.slicesBoundPods == 0 {
+		t.Errorf("the random changes never reached every feature: %+v", seen)
+	}
+	t.Logf("coverage: %+v", seen)
+}
+
+// coverage counts, over the checked states, the features the random changes must reach for
+// the comparison to mean anything.
+type coverage struct {
+	sliceWorkloads, unhealthySlice, located, slicesBoundPods int
+}
+
+func (c *coverage) count(t *testing.T, ctrl *Controller, addrs map[string]*xds.Resource) {
+	t.Helper()
+	for _, r := range addrs {
+		var a workloadapi.Address
+		if err := r.Resource.UnmarshalTo(&a); err != nil {
+			t.Fatal(err)
+		}
+		w := a.GetWorkload()
+		switch {
+		case w == nil:
+		case strings.Contains(w.Uid, "/EndpointSlice/"):
+			c.sliceWorkloads++
+			if w.Status == workloadapi.WorkloadStatus_UNHEALTHY {
+				c.unhealthySlice++
+			}
+		default:
+			if w.Locality != nil {
+				c.located++
+			}
+			for key := range w.Services {
+				ns, name := splitKey(key)
+				if svc, err := ctrl.services.Services(ns).Get(strings.SplitN(name, ".", 2)[0]); err == nil && len(svc.Spec.Selector) == 0 {
+					c.slicesBoundPods++
+				}
+			}
 		}
 	}
 }
