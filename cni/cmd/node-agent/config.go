@@ -33,7 +33,7 @@ type config struct {
 	// PluginTokenFile is where the agent keeps a copy of its ServiceAccount token for the
 	// plugin (a node path, so the plugin can read it); SourceTokenFile is the token it copies.
 	PluginTokenFile, SourceTokenFile string
-	LogLevel                      slog.Level
+	LogLevel                         slog.Level
 }
 
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {

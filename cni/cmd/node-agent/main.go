@@ -127,6 +127,9 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, *rest.Config, error) {
 		return nil, nil, fmt.Errorf("loading Kubernetes client configuration (set --kubeconfig outside a cluster): %w", err)
 	}
 	cfg.UserAgent = "ambient-lite-node-agent"
+	// client-go's default (5 requests/s, burst 10) would pace annotations to 200 ms each
+	// once a node enrolls a namespace; one agent per node asks little of the apiserver.
+	cfg.QPS, cfg.Burst = 50, 100
 	k, err := kubernetes.NewForConfig(cfg)
 	return k, cfg, err
 }

@@ -224,13 +224,19 @@ func load(pinDir string, loIndex uint32, cfg Config) (*redirectObjects, error) {
 	if err := spec.Variables[redirectVarHbonePort].Set(uint32(HBONEPort)); err != nil {
 		return nil, fmt.Errorf("setting hbone_port: %w", err)
 	}
-	var objs redirectObjects
-	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}); err != nil {
+	// Programs and maps only: assigning the variables would mmap .rodata, and a mapping
+	// keeps the map alive until the garbage collector unmaps it, long after Remove.
+	var loaded struct {
+		redirectPrograms
+		redirectMaps
+	}
+	if err := spec.LoadAndAssign(&loaded, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}); err != nil {
 		if errors.Is(err, unix.EPERM) {
 			return nil, fmt.Errorf("loading the redirection program (needs CAP_BPF and CAP_NET_ADMIN): %w", err)
 		}
 		return nil, fmt.Errorf("loading the redirection program: %w", err)
 	}
+	objs := redirectObjects{redirectPrograms: loaded.redirectPrograms, redirectMaps: loaded.redirectMaps}
 	flags := map[netip.Addr]uint32{}
 	for _, a := range cfg.PodIPs {
 		flags[a] |= flagPodIP

@@ -3,8 +3,8 @@ package adsc
 import (
 	"context"
 	"log/slog"
-	"os"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"testing"
