@@ -20,7 +20,7 @@ PKGS ?= ./...
 TEST_TIMEOUT ?= 30m
 KUBE_TOOLS := etcd kube-apiserver kube-controller-manager kube-scheduler kubectl
 
-.PHONY: setup tools build generate generate-check lint test demo cluster-up cluster-down bench bench-l4 bench-xds clean
+.PHONY: setup tools build generate generate-check lint test demo cluster-up cluster-down bench bench-l4 bench-xds bench-cni clean
 
 ## setup: install system packages (apt) and build the pinned tools; idempotent
 setup:
@@ -68,6 +68,11 @@ bench-l4: setup
 ## bench-xds: 10,000 pods and 1,000 services; one-pod changes to 100 delta xDS streams; p50/p99 and istiod-lite RSS
 bench-xds: setup
 	$(GO) test -count=1 -timeout 30m -run '^$$' -bench '^BenchmarkXDSPush$$' -benchtime 1x ./tests/integration/
+
+## bench-cni: what in-pod redirection adds to a pod's CNI ADD, and its kernel memory per pod
+bench-cni: setup
+	$(GO) test -count=1 -timeout 10m -run '^$$' -bench '^BenchmarkCNIAdd$$' -benchtime 1x ./tests/cni/
+	$(GO) test -count=1 -run '^$$' -bench '^BenchmarkInstall$$' ./cni/internal/redirect/
 
 ## cluster-up: start the local control plane and print `export KUBECONFIG=...`
 cluster-up:

@@ -112,7 +112,7 @@ func (p *process) waitLog(msg string, timeout time.Duration) map[string]any {
 // cniEnv is one node: a netns holding the bridge, a CNI configuration chaining our plugin
 // after bridge + host-local, and the node agent and ztunnel serving it.
 type cniEnv struct {
-	t       *testing.T
+	t       testing.TB
 	c       *cluster.Cluster
 	mesh    istiodtest.Mesh
 	tp      *netns.Topology
@@ -131,7 +131,7 @@ type cniEnv struct {
 	ztunnelStats   string
 }
 
-func newEnv(t *testing.T) *cniEnv {
+func newEnv(t testing.TB) *cniEnv {
 	t.Helper()
 	testenv.RequirePrivileged(t, testenv.CapNetAdmin, testenv.CapSysAdmin)
 	c := cluster.Shared(t)
