@@ -21,6 +21,26 @@ import (
 // errStarting answers the plugin before the agent has reconciled and serves ZDS.
 var errStarting = errors.New("the node agent is starting (it has not reconciled its node yet); the runtime will retry")
 
+// Enrollment implements pluginapi.Agent: whether the pod is in the mesh, from the caches
+// (the pod read from the apiserver when the watch has not delivered it yet).
+func (a *Agent) Enrollment(ctx context.Context, req pluginapi.EnrollmentRequest) (pluginapi.EnrollmentResponse, error) {
+	p, err := a.getPod(ctx, req.PodNamespace, req.PodName)
+	if err != nil {
+		return pluginapi.EnrollmentResponse{}, err
+	}
+	if req.PodUID != "" && string(p.UID) != req.PodUID {
+		// The cache may hold the pod this one replaced: ask the apiserver.
+		if p, err = a.opts.Kube.CoreV1().Pods(req.PodNamespace).Get(ctx, req.PodName, metav1.GetOptions{}); err != nil {
+			return pluginapi.EnrollmentResponse{}, fmt.Errorf("reading pod %s/%s: %w", req.PodNamespace, req.PodName, err)
+		}
+		if string(p.UID) != req.PodUID {
+			return pluginapi.EnrollmentResponse{}, fmt.Errorf("pod %s/%s has uid %s, not %s: it was deleted and recreated",
+				req.PodNamespace, req.PodName, p.UID, req.PodUID)
+		}
+	}
+	return pluginapi.EnrollmentResponse{Enrolled: a.labelsEnroll(p)}, nil
+}
+
 // Add implements pluginapi.Agent: it enrolls a new pod from its CNI ADD and returns once
 // redirection is in place, ztunnel acknowledged the pod and the pod is annotated.
 func (a *Agent) Add(ctx context.Context, req pluginapi.AddRequest) (pluginapi.AddResponse, error) {

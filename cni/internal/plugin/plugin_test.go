@@ -63,6 +63,9 @@ func chainedVersions(t *testing.T) []string {
 
 // fakeAgent is a node agent: pluginapi.Handler over a real unix socket.
 type fakeAgent struct {
+	// enrollment answers Enrollment; nil answers with an error (an agent that cannot tell).
+	enrollment func(pluginapi.EnrollmentRequest) (pluginapi.EnrollmentResponse, error)
+
 	socket string
 
 	mu       sync.Mutex
@@ -79,6 +82,16 @@ func (a *fakeAgent) Add(_ context.Context, req pluginapi.AddRequest) (pluginapi.
 	defer a.mu.Unlock()
 	a.adds = append(a.adds, req)
 	return a.addResp, a.addErr
+}
+
+func (a *fakeAgent) Enrollment(_ context.Context, req pluginapi.EnrollmentRequest) (pluginapi.EnrollmentResponse, error) {
+	a.mu.Lock()
+	f := a.enrollment
+	a.mu.Unlock()
+	if f == nil {
+		return pluginapi.EnrollmentResponse{}, errors.New("fake agent: no enrollment answer configured")
+	}
+	return f(req)
 }
 
 func (a *fakeAgent) Del(_ context.Context, req pluginapi.DelRequest) error {
@@ -417,6 +430,44 @@ func TestAddNotEnrolled(t *testing.T) {
 				assertPassedThrough(t, conf, out)
 				if adds, _, _ := e.agent.calls(); len(adds) != 0 {
 					t.Errorf("agent called for a pod outside the mesh: %+v", adds)
+				}
+			})
+		}
+	}
+}
+
+// TestAddAgentAnswersEnrollment: when the node agent answers whether the pod is enrolled,
+// the plugin trusts it and never reads the apiserver (the fast path every pod's ADD takes).
+func TestAddAgentAnswersEnrollment(t *testing.T) {
+	e := newEnv(t)
+	for _, ver := range chainedVersions(t) {
+		for _, enrolled := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/enrolled=%v", ver, enrolled), func(t *testing.T) {
+				e.agent.reset()
+				var asked []pluginapi.EnrollmentRequest
+				e.agent.mu.Lock()
+				e.agent.enrollment = func(req pluginapi.EnrollmentRequest) (pluginapi.EnrollmentResponse, error) {
+					asked = append(asked, req)
+					return pluginapi.EnrollmentResponse{Enrolled: enrolled}, nil
+				}
+				e.agent.mu.Unlock()
+				defer func() { e.agent.mu.Lock(); e.agent.enrollment = nil; e.agent.mu.Unlock() }()
+				before := e.api.requests.Load()
+				conf := e.conf(t, ver, nil)
+				out, err := e.add(t, args(conf, "apps", "unknown-to-the-apiserver"))
+				if err != nil {
+					t.Fatalf("ADD: %v", err)
+				}
+				assertPassedThrough(t, conf, out)
+				if n := e.api.requests.Load() - before; n != 0 {
+					t.Errorf("the plugin made %d apiserver requests although the agent answered", n)
+				}
+				want := []pluginapi.EnrollmentRequest{{PodName: "unknown-to-the-apiserver", PodNamespace: "apps", PodUID: testUID}}
+				if !reflect.DeepEqual(asked, want) {
+					t.Errorf("agent asked %+v, want %+v", asked, want)
+				}
+				if adds, _, _ := e.agent.calls(); (len(adds) == 1) != enrolled {
+					t.Errorf("agent got %d adds for enrolled=%v", len(adds), enrolled)
 				}
 			})
 		}

@@ -63,6 +63,15 @@ func NewClient(socketPath string, timeout time.Duration) *Client {
 // Socket is the path the client dials.
 func (c *Client) Socket() string { return c.socket }
 
+// Enrollment asks the agent whether the pod is enrolled in the mesh.
+func (c *Client) Enrollment(ctx context.Context, req EnrollmentRequest) (*EnrollmentResponse, error) {
+	var resp EnrollmentResponse
+	if err := c.do(ctx, http.MethodPost, PathEnrollment, req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
 // Add asks the agent to redirect the pod and waits for its answer. A nil error means the
 // agent answered 200; the caller still checks Redirected.
 func (c *Client) Add(ctx context.Context, req AddRequest) (*AddResponse, error) {

@@ -15,6 +15,18 @@ const maxBodyBytes = 64 << 10
 // net.Listen("unix", path)); the agent owns the listener and the socket file's permissions.
 func Handler(agent Agent) http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+PathEnrollment, func(w http.ResponseWriter, r *http.Request) {
+		var req EnrollmentRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		resp, err := agent.Enrollment(r.Context(), req)
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		writeJSON(w, http.StatusOK, resp)
+	})
 	mux.HandleFunc("POST "+PathAdd, func(w http.ResponseWriter, r *http.Request) {
 		var req AddRequest
 		if !decode(w, r, &req) {

@@ -1,6 +1,7 @@
 // Package pluginapi is the wire contract between the CNI plugin and the CNI node agent:
 // HTTP/1.1 over a unix socket with JSON bodies.
 //
+//	POST /v1/enrollment EnrollmentRequest → 200 EnrollmentResponse: is the pod in the mesh?
 //	POST /v1/add    AddRequest   → 200 AddResponse: redirection is in place and ztunnel acked the pod
 //	POST /v1/del    DelRequest   → 200 {}: the pod is forgotten (also when it was never known)
 //	POST /v1/check  CheckRequest → 200 {}: redirection is present for the pod
@@ -28,10 +29,11 @@ const DefaultSocketPath = "/var/run/ambient-lite/cni/plugin.sock"
 
 // The request paths.
 const (
-	PathAdd   = "/v1/add"
-	PathDel   = "/v1/del"
-	PathCheck = "/v1/check"
-	PathPing  = "/v1/ping"
+	PathEnrollment = "/v1/enrollment"
+	PathAdd        = "/v1/add"
+	PathDel        = "/v1/del"
+	PathCheck      = "/v1/check"
+	PathPing       = "/v1/ping"
 )
 
 // AddRequest asks the agent to redirect a new pod's traffic to ztunnel. The plugin sends it
@@ -55,6 +57,26 @@ type AddResponse struct {
 	// Redirected is true when the pod's traffic is redirected and ztunnel acknowledged the
 	// pod. The plugin fails the ADD unless it is true.
 	Redirected bool `json:"redirected"`
+}
+
+// EnrollmentRequest asks the agent whether a pod is enrolled in the mesh, as the agent sees
+// it (its caches, or the apiserver over its warm connection). The plugin asks it first and
+// reads the apiserver itself only when the agent does not answer.
+type EnrollmentRequest struct {
+	PodName      string `json:"podName"`
+	PodNamespace string `json:"podNamespace"`
+	// PodUID is K8S_POD_UID; when set, a pod with another uid is an error (recreated).
+	PodUID string `json:"podUID,omitempty"`
+}
+
+// EnrollmentResponse answers an EnrollmentRequest.
+type EnrollmentResponse struct {
+	Enrolled bool `json:"enrolled"`
+}
+
+// Validate reports the missing fields.
+func (r EnrollmentRequest) Validate() error {
+	return required("podName", r.PodName, "podNamespace", r.PodNamespace)
 }
 
 // DelRequest tells the agent a pod's sandbox is being torn down. It may arrive more than once,
@@ -86,6 +108,8 @@ type ErrorResponse struct {
 // validated. Methods may be called concurrently and should honour ctx, which ends when the
 // plugin gives up.
 type Agent interface {
+	// Enrollment reports whether the pod is enrolled in the ambient mesh.
+	Enrollment(ctx context.Context, req EnrollmentRequest) (EnrollmentResponse, error)
 	// Add returns once the pod's traffic is redirected and ztunnel acknowledged it, with
 	// Redirected true; an error's message reaches the runtime, so it should say what to fix.
 	Add(ctx context.Context, req AddRequest) (AddResponse, error)

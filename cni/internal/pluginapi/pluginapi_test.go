@@ -17,6 +17,9 @@ import (
 
 // fakeAgent records requests and answers with the configured results.
 type fakeAgent struct {
+	// enrollment answers Enrollment; nil answers with an error (an agent that cannot tell).
+	enrollment func(pluginapi.EnrollmentRequest) (pluginapi.EnrollmentResponse, error)
+
 	mu       sync.Mutex
 	adds     []pluginapi.AddRequest
 	dels     []pluginapi.DelRequest
@@ -41,6 +44,16 @@ func (a *fakeAgent) Add(ctx context.Context, req pluginapi.AddRequest) (pluginap
 		}
 	}
 	return a.addResp, a.addErr
+}
+
+func (a *fakeAgent) Enrollment(_ context.Context, req pluginapi.EnrollmentRequest) (pluginapi.EnrollmentResponse, error) {
+	a.mu.Lock()
+	f := a.enrollment
+	a.mu.Unlock()
+	if f == nil {
+		return pluginapi.EnrollmentResponse{}, errors.New("fake agent: no enrollment answer configured")
+	}
+	return f(req)
 }
 
 func (a *fakeAgent) Del(_ context.Context, req pluginapi.DelRequest) error {
