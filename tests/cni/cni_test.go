@@ -2,6 +2,7 @@ package cni
 
 import (
 	"context"
+	"os/exec"
 	"io"
 	"net/http"
 	"slices"
@@ -77,6 +78,16 @@ func TestEnrollmentThroughCNIChain(t *testing.T) {
 	greeting = e.eventually(outside, server.ip+":8080", "server saw")
 	t.Logf("outside → server: %q", greeting)
 	e.waitMetric("istio_tcp_connections_opened_total", plainIn, before)
+
+	// A kubelet probe, from the node's address on the pod's link (the bridge, the pod's
+	// gateway), bypasses capture: the application answers it directly.
+	gateway := strings.TrimSuffix(e.subnet, "0/24") + "1"
+	probe := e.eventually(&pod{name: "kubelet", netns: e.node}, server.ip+":8080", "server saw")
+	if !strings.HasPrefix(probe, "server saw "+gateway+":") {
+		rules, _ := exec.Command("ip", "-n", server.netns, "rule").CombinedOutput()
+		dump, _ := exec.Command("bpftool", "map", "dump", "name", "ambient_config").CombinedOutput()
+		t.Errorf("probe from the node: %q, want the node's own address %s (not proxied)\nrules:\n%s\nconfig maps:\n%s", probe, gateway, rules, dump)
+	}
 
 	// Pods outside the mesh talk directly: the server sees the caller's own address.
 	greeting = e.eventually(outside, later.ip+":8080", "later saw")

@@ -247,7 +247,7 @@ func (e *cniEnv) primaryConfig() []byte {
 		"plugins": []any{
 			map[string]any{"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
 				"ipam": map[string]any{"type": "host-local", "ranges": [][]map[string]string{{{"subnet": e.subnet}}},
-					"dataDir": filepath.Join(e.dir, "ipam")}},
+					"routes": []map[string]string{{"dst": "0.0.0.0/0"}}, "dataDir": filepath.Join(e.dir, "ipam")}},
 		},
 	}, "", "  ")
 	if err != nil {

@@ -336,6 +336,9 @@ func (a *Agent) enroll(ctx context.Context, p *pod) error {
 	if err != nil {
 		return fmt.Errorf("pod %s: %w", p.key(), err)
 	}
+	if len(sources) == 0 {
+		a.log.Warn("no default gateway in the pod's netns and no PROBE_SOURCES: kubelet probes will be captured like any other traffic (and refused under STRICT mTLS)", "pod", p.key())
+	}
 	if err := redirect.Install(p.netns, a.pinDir(p.uid), redirect.Config{PodIPs: p.ips, ProbeSources: sources}); err != nil {
 		return fmt.Errorf("pod %s: installing redirection: %w", p.key(), err)
 	}
