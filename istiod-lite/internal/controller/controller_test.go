@@ -59,6 +59,11 @@ func TestSnapshot(t *testing.T) {
 		pod("mesh", "a", "10.0.0.1", map[string]string{"app": "a"}, map[string]string{"ambient.istio.io/redirection": "enabled"}),
 		pod("plain", "b", "10.0.0.2", map[string]string{"app": "b"}, nil),
 		pod("mesh", "pending", "", nil, nil),
+		func() *corev1.Pod {
+			p := pod("plain", "host", "192.168.1.10", map[string]string{"app": "host"}, nil)
+			p.Spec.HostNetwork = true
+			return p
+		}(),
 		&corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "mesh", Name: "svc"},
 			Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10", Selector: map[string]string{"app": "a"},
@@ -109,8 +114,8 @@ func TestSnapshot(t *testing.T) {
 		return m
 	}
 	addrs := all(AddressType)
-	if len(addrs) != 3 {
-		t.Fatalf("addresses %v, want pods a, b and Service svc", keys(addrs))
+	if len(addrs) != 4 {
+		t.Fatalf("addresses %v, want pods a, b, host and Service svc", keys(addrs))
 	}
 	workload := func(name string) *workloadapi.Workload {
 		t.Helper()
@@ -130,6 +135,9 @@ func TestSnapshot(t *testing.T) {
 	}
 	if b := workload("Kubernetes//Pod/plain/b"); b.TunnelProtocol != workloadapi.TunnelProtocol_NONE {
 		t.Errorf("workload b outside the mesh = %v, want tunnel NONE", b)
+	}
+	if h := workload("Kubernetes//Pod/plain/host"); h.NetworkMode != workloadapi.NetworkMode_HOST_NETWORK || h.TunnelProtocol != workloadapi.TunnelProtocol_NONE {
+		t.Errorf("host-network pod = %v, want network mode HOST_NETWORK without HBONE", h)
 	}
 	if _, ok := addrs["mesh/svc.mesh.svc.cluster.local"]; !ok {
 		t.Errorf("no Service address in %v", keys(addrs))

@@ -359,6 +359,10 @@ func (x *index) apply(c *Controller, d *dirty) (changes, map[string]string) {
 			continue
 		}
 		w.AuthorizationPolicies = translate.WorkloadPolicies(pod.Namespace, pod.Labels, aps, pas, c.opts.Policy)
+		if pod.Spec.HostNetwork {
+			// As istiod: the address is the node's, shared with everything on the host.
+			w.NetworkMode = workloadapi.NetworkMode_HOST_NETWORK
+		}
 		r, err := resource(AddressType, w.Uid, &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: w}})
 		if err != nil {
 			skip("Pod "+key, err.Error())
