@@ -317,8 +317,16 @@ func (s *Server) Del(ctx context.Context, uid string) error {
 	req := &zdsapi.WorkloadRequest{Payload: &zdsapi.WorkloadRequest_Del{Del: &zdsapi.DelWorkload{Uid: uid}}}
 	var errs []error
 	for _, c := range conns {
-		if err := s.exchange(ctx, c, req, -1); err != nil {
+		err := s.exchange(ctx, c, req, -1)
+		switch {
+		case err == nil:
+		case errors.Is(err, ErrNACK):
 			errs = append(errs, err)
+		default:
+			// The connection is dropped (or was already dead, say just after ztunnel
+			// restarted): whoever reconnects gets a snapshot without uid, so the delete
+			// holds for it as well.
+			s.log.Info("ztunnel connection lost during a delete; its successor's snapshot omits the workload", "uid", uid, "err", err)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -196,11 +196,15 @@ func decodeRequest(b []byte, fds []int) (request, error) {
 		if err := needUID(); err != nil {
 			return request{}, err
 		}
+		who := fmt.Sprintf("add of workload %s", req.uid)
+		if info := req.info; info != nil {
+			who = fmt.Sprintf("add of workload %s (pod %s/%s)", req.uid, info.GetNamespace(), info.GetName())
+		}
 		if len(fds) != 1 {
-			return request{}, fmt.Errorf("%w: add carries %d, want 1", ErrBadFDs, len(fds))
+			return request{}, fmt.Errorf("%w: %s carries %d, want 1", ErrBadFDs, who, len(fds))
 		}
 		if err := checkNetns(fds[0]); err != nil {
-			return request{}, err
+			return request{}, fmt.Errorf("%s: %w", who, err)
 		}
 		handed = 0
 		req.netns = os.NewFile(uintptr(fds[0]), "netns:"+req.uid)

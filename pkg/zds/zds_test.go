@@ -425,3 +425,43 @@ func TestCloseReleases(t *testing.T) {
 	}
 	r.closeAll()
 }
+
+// TestDelOverLostConnection: a Del that meets a connection whose ztunnel is gone (killed
+// just before, not yet noticed) succeeds: the next ztunnel's snapshot omits the workload.
+// A NACK from a live ztunnel is still an error.
+func TestDelOverLostConnection(t *testing.T) {
+	checkLeaks(t)
+	path := sockPath(t)
+	s := startServer(t, ServerOptions{Path: path, AckTimeout: 200 * time.Millisecond})
+	zt := rawZtunnel(t, path)
+	if got := serveRaw(t, zt, 1); !slices.Equal(got, []string{"snapshot fds=0"}) {
+		t.Fatalf("snapshot = %q", got)
+	}
+	ns := openNetns(t)
+	defer ns.Close()
+	done := make(chan error, 1)
+	go func() { done <- s.Add(ctxT(t), Workload{UID: "a", Netns: ns}) }()
+	m, fds := readReq(t, zt)
+	closeFDs(fds)
+	sendAck(t, zt, "")
+	if err := <-done; err != nil || describe(m) != "add a" {
+		t.Fatalf("Add = %v (ztunnel got %q)", err, describe(m))
+	}
+
+	// A NACK of the Del is reported.
+	go func() { done <- s.Del(ctxT(t), "a") }()
+	m, _ = readReq(t, zt)
+	sendAck(t, zt, "still draining")
+	if err := <-done; !errors.Is(err, ErrNACK) || describe(m) != "del a" {
+		t.Fatalf("Del = %v (ztunnel got %q), want the NACK", err, describe(m))
+	}
+
+	// ztunnel dies: the Del meets a dead connection and still succeeds.
+	zt.Close()
+	if err := s.Del(ctxT(t), "a"); err != nil {
+		t.Fatalf("Del over a lost connection = %v, want nil", err)
+	}
+	if w := s.Workloads(); len(w) != 0 {
+		t.Errorf("workloads after Del: %v", w)
+	}
+}
