@@ -1,9 +1,10 @@
-// Package controller is istiod-lite's xDS glue: it watches Namespaces, Nodes, Pods, Services,
-// EndpointSlices, AuthorizationPolicies and PeerAuthentications through informers, retranslates only what
-// each change touches into istio.workload.Address and istio.security.Authorization
-// resources with the pure translate package (a change after a quiet period at once, bursts
-// debounced), and serves them to pkg/xds as Sources, pushing only the names that changed. It is not the xDS protocol (pkg/xds) nor the translation (translate); only
-// istiod-lite's composition root imports it.
+// Package controller is istiod-lite's xDS glue: it watches Namespaces, Nodes, Pods,
+// Services, EndpointSlices, AuthorizationPolicies and PeerAuthentications through
+// informers, retranslates only what each change touches into istio.workload.Address and
+// istio.security.Authorization resources with the pure translate package (at most one flush
+// per debounce period; a change after a quiet period at once), and serves them to pkg/xds
+// as Sources, pushing only the names that changed. It is not the xDS protocol (pkg/xds) nor
+// the translation (translate); only istiod-lite's composition root imports it.
 package controller
 
 import (
@@ -34,12 +35,10 @@ const (
 	AuthorizationType = "type.googleapis.com/istio.security.Authorization"
 )
 
-// DefaultDebounce is how long the controller waits for quiet before applying a change that
-// follows another within that time; a change after a quiet period is applied at once.
-const DefaultDebounce = 50 * time.Millisecond
-
-// maxDebounceDelay bounds how long a stream of changes can hold a flush.
-const maxDebounceDelay = time.Second
+// DefaultDebounce is the shortest time between two flushes: changes that arrive within it
+// of the last flush are applied together at its end; a change after a quiet period is
+// applied at once.
+const DefaultDebounce = 20 * time.Millisecond
 
 // Pusher is told which type URLs changed after a rebuild; *xds.Server implements it.
 type Pusher interface {
@@ -63,8 +62,7 @@ type Options struct {
 	// Pusher is told, after each flush, the names that changed per type URL. If nil,
 	// nothing is pushed (clients only see changes on their next request).
 	Pusher Pusher
-	// Debounce is how long to wait for quiet after a burst of changes. Zero means
-	// DefaultDebounce.
+	// Debounce is the shortest time between two flushes. Zero means DefaultDebounce.
 	Debounce time.Duration
 	// Log receives translation problems. If nil, slog.Default().
 	Log *slog.Logger
@@ -277,9 +275,11 @@ func (c *Controller) trigger() {
 func (c *Controller) Ready() <-chan struct{} { return c.ready }
 
 // Run waits for the informers to sync, builds the first snapshot, then applies changes
-// until ctx ends: a change after a quiet period at once, changes that follow within
-// Debounce once they stop (or after maxDebounceDelay). It returns ctx's error only if the
-// informers never synced.
+// until ctx ends, at most once per Debounce: a change after a quiet period at once, the
+// changes that arrive within Debounce of a flush together at its end. Each flush is
+// incremental, so a steady stream of changes elsewhere (EndpointSlice churn, say) never
+// holds a change back for more than Debounce. It returns ctx's error only if the informers
+// never synced.
 func (c *Controller) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
 		return fmt.Errorf("waiting for the controller's informers: %w", ctx.Err())
@@ -294,7 +294,6 @@ func (c *Controller) Run(ctx context.Context) error {
 	var (
 		timer = time.NewTimer(time.Hour)
 		fire  <-chan time.Time
-		first time.Time // first change of the pending burst
 		last  = time.Now()
 	)
 	timer.Stop()
@@ -304,19 +303,18 @@ func (c *Controller) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-c.kick:
-			now := time.Now()
-			if fire == nil && now.Sub(last) >= c.opts.Debounce {
-				c.flush() // after a quiet period: no reason to wait
-				last = time.Now()
+			if fire != nil {
+				continue // a flush is already due
+			}
+			if wait := c.opts.Debounce - time.Since(last); wait > 0 {
+				timer.Reset(wait)
+				fire = timer.C
 				continue
 			}
-			if first.IsZero() {
-				first = now
-			}
-			timer.Reset(min(c.opts.Debounce, first.Add(maxDebounceDelay).Sub(now)))
-			fire = timer.C
+			c.flush()
+			last = time.Now()
 		case <-fire:
-			first, fire = time.Time{}, nil
+			fire = nil
 			c.flush()
 			last = time.Now()
 		}
