@@ -2,9 +2,9 @@ package cni
 
 import (
 	"context"
-	"os/exec"
 	"io"
 	"net/http"
+	"os/exec"
 	"slices"
 	"strings"
 	"syscall"
