@@ -154,7 +154,8 @@ func (d *Dialer) newConn(ctx context.Context, id poolID, cfg *tls.Config) (*pool
 	if err != nil {
 		return nil, fmt.Errorf("connecting: %w", err)
 	}
-	tc := tls.Client(raw, cfg)
+	bc := newBatchedTLS(raw, func(c net.Conn) *tls.Conn { return tls.Client(c, cfg) })
+	tc := bc.Conn
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("tls handshake: %w", err)
@@ -163,7 +164,7 @@ func (d *Dialer) newConn(ctx context.Context, id poolID, cfg *tls.Config) (*pool
 		raw.Close()
 		return nil, fmt.Errorf("server negotiated ALPN %q, want \"h2\"", p)
 	}
-	cc, err := d.h2.NewClientConn(tc)
+	cc, err := d.h2.NewClientConn(bc)
 	if err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("starting http2: %w", err)

@@ -224,7 +224,8 @@ func (s *Server) serveConn(c net.Conn) {
 		c.Close()
 	}()
 	_ = c.SetDeadline(time.Now().Add(s.handshakeTimeout))
-	tc := tls.Server(c, s.tls)
+	bc := newBatchedTLS(c, func(c net.Conn) *tls.Conn { return tls.Server(c, s.tls) })
+	tc := bc.Conn
 	if err := tc.HandshakeContext(s.ctx); err != nil {
 		s.log.Debug("hbone tls handshake failed", "src", c.RemoteAddr(), "err", err)
 		return
@@ -244,7 +245,7 @@ func (s *Server) serveConn(c net.Conn) {
 		return
 	}
 	info := &connInfo{peer: peer, local: addrPort(c.LocalAddr()), remote: addrPort(c.RemoteAddr())}
-	s.h2.ServeConn(tc, &http2.ServeConnOpts{
+	s.h2.ServeConn(bc, &http2.ServeConnOpts{
 		Context:    context.WithValue(s.ctx, connInfoKey{}, info),
 		BaseConfig: s.h1,
 		Handler:    http.HandlerFunc(s.serveStream),
