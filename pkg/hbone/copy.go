@@ -6,23 +6,35 @@ import (
 	"sync"
 )
 
-// copyBufferSize is the size of the pooled buffers that carry bytes between an upstream
-// connection and an HTTP/2 stream.
+// copyBufferSize is the size of the pooled buffers of a Stream's background reads.
 const copyBufferSize = 64 << 10
 
 var bufferPool = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
 
+// A server stream's copy starts with a small buffer, enough for request/response traffic,
+// and moves to a large one once a read fills the small one: bulk streams then write large
+// DATA frames and upstream writes, while mostly idle streams hold 16 KiB per direction.
+const (
+	smallCopySize = 16 << 10
+	largeCopySize = 256 << 10
+)
+
+var (
+	smallCopyPool = sync.Pool{New: func() any { b := make([]byte, smallCopySize); return &b }}
+	largeCopyPool = sync.Pool{New: func() any { b := make([]byte, largeCopySize); return &b }}
+)
+
 func getBuffer() *[]byte  { return bufferPool.Get().(*[]byte) }
 func putBuffer(b *[]byte) { bufferPool.Put(b) }
 
-// copyStream copies src to dst with a pooled buffer until src ends, flushing dst after each
+// copyStream copies src to dst with pooled buffers until src ends, flushing dst after each
 // write when it is an http.Flusher (an HTTP/2 response must not sit in a buffer). It
 // reports the bytes written and, separately, the read and write errors (a clean EOF is a
 // nil read error), so the caller can tell which side failed. It deliberately bypasses
 // ReaderFrom/WriterTo, which would allocate their own buffers.
 func copyStream(dst io.Writer, src io.Reader) (n int64, rerr, werr error) {
-	bp := getBuffer()
-	defer putBuffer(bp)
+	bp, pool := smallCopyPool.Get().(*[]byte), &smallCopyPool
+	defer func() { pool.Put(bp) }()
 	buf := *bp
 	flusher, _ := dst.(http.Flusher)
 	for {
@@ -45,6 +57,12 @@ func copyStream(dst io.Writer, src io.Reader) (n int64, rerr, werr error) {
 		}
 		if err != nil {
 			return n, err, nil
+		}
+		if nr == len(buf) && pool == &smallCopyPool {
+			// A full read: bulk transfer, continue with the large buffer.
+			pool.Put(bp)
+			bp, pool = largeCopyPool.Get().(*[]byte), &largeCopyPool
+			buf = *bp
 		}
 	}
 }

@@ -7,11 +7,19 @@ import (
 	"sync"
 )
 
-// bufSize is the copy buffer: large enough to move a full TLS record (16 KiB) several
-// times per syscall on bulk streams.
-const bufSize = 256 << 10
+// A copy starts with a small buffer, enough for request/response traffic, and moves to
+// a large one once a read fills the small one: bulk streams then move several TLS records
+// (16 KiB) per syscall, while the many mostly idle connections of a node hold 16 KiB per
+// direction instead of 256 KiB (as Istio's ztunnel resizes its copy buffers).
+const (
+	smallBufSize = 16 << 10
+	largeBufSize = 256 << 10
+)
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+var (
+	smallBufPool = sync.Pool{New: func() any { b := make([]byte, smallBufSize); return &b }}
+	largeBufPool = sync.Pool{New: func() any { b := make([]byte, largeBufSize); return &b }}
+)
 
 // closeWriter is a connection that can half-close (TCP, TLS, HBONE streams).
 type closeWriter interface{ CloseWrite() error }
@@ -37,8 +45,8 @@ func Pipe(a, b net.Conn, aToB, bToA func(n int64)) (sentAB, sentBA int64, err er
 // copyHalf copies src to dst, then half-closes dst (or closes it when it cannot half-close)
 // so the peer sees EOF while the other direction keeps flowing.
 func copyHalf(dst, src net.Conn, count func(int64)) (int64, error) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
+	bp, pool := smallBufPool.Get().(*[]byte), &smallBufPool
+	defer func() { pool.Put(bp) }()
 	var total int64
 	var err error
 	buf := *bp
@@ -60,6 +68,12 @@ func copyHalf(dst, src net.Conn, count func(int64)) (int64, error) {
 				err = rerr
 			}
 			break
+		}
+		if n == len(buf) && pool == &smallBufPool {
+			// A full read: bulk transfer, continue with the large buffer.
+			pool.Put(bp)
+			bp, pool = largeBufPool.Get().(*[]byte), &largeBufPool
+			buf = *bp
 		}
 	}
 	if cw, ok := dst.(closeWriter); ok && err == nil {
