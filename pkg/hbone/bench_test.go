@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -146,4 +147,37 @@ func (h *halfCloser) Write(p []byte) (int, error) {
 		}
 	}
 	return n, err
+}
+
+// BenchmarkPingPong sends 1 KiB and reads its 1 KiB echo per op over one stream, the
+// request/response pattern of bench-l4's fortio run, and reports the process CPU per op
+// (dialer, server and the echo upstream together).
+func BenchmarkPingPong(b *testing.B) {
+	e := newEnv(b, envOptions{})
+	d := newDialer(b, DialerOptions{})
+	target := upstream(b, echo)
+	s, err := d.Dial(context.Background(), e.request(target))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	msg, got := make([]byte, 1024), make([]byte, 1024)
+	cpu0 := cpuTime()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := s.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(s, got); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
