@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ambient-lite/ambient-lite/pkg/reconnect"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
@@ -208,26 +208,11 @@ func (c *Client) Run(ctx context.Context) error {
 	defer cancel()
 	stop := context.AfterFunc(c.ctx, cancel)
 	defer stop()
-	backoff := c.opts.MinBackoff
-	for {
-		delivered, err := c.runStream(ctx)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if delivered {
-			backoff = c.opts.MinBackoff
-		}
-		wait := backoff/2 + rand.N(backoff/2+1)
-		c.log.Warn("xds stream ended; reconnecting", "err", err, "backoff", wait)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C:
-		}
-		backoff = min(2*backoff, c.opts.MaxBackoff)
-	}
+	reconnect.Loop(ctx, reconnect.Backoff{Min: c.opts.MinBackoff, Max: c.opts.MaxBackoff}, c.runStream,
+		func(err error, wait time.Duration) {
+			c.log.Warn("xds stream ended; reconnecting", "err", err, "backoff", wait)
+		})
+	return nil
 }
 
 // Close stops Run. It is idempotent.

@@ -63,7 +63,9 @@ func (s *snapshot) del(name string) {
 func (s *snapshot) Generate(_ context.Context, req *Request) (*Delta, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.reqs = append(s.reqs, req)
+	kept := *req
+	kept.Have = maps.Clone(req.Have) // Have is only valid during Generate
+	s.reqs = append(s.reqs, &kept)
 	return Diff(s.res, req), nil
 }
 

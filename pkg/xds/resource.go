@@ -40,7 +40,9 @@ type Request struct {
 	Wildcard bool
 	// Names are the explicitly subscribed names, sorted.
 	Names []string
-	// Have maps the names the client holds (or has been sent) to their versions. Read only.
+	// Have maps the names the client holds (or has been sent) to their versions. Read only,
+	// and only during Generate: it may be the stream's own state, which changes afterwards
+	// (copy it to keep it).
 	Have map[string]string
 	// Changed lists the names pushed since the stream was last answered for this type; nil
 	// means anything may have changed (first request, reconnect, Push with nil names).

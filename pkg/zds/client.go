@@ -6,9 +6,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ambient-lite/ambient-lite/pkg/reconnect"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"net"
 	"os"
 	"slices"
@@ -151,24 +151,11 @@ func (c *Client) Run(ctx context.Context) error {
 	defer cancel()
 	stop := context.AfterFunc(c.ctx, cancel)
 	defer stop()
-	backoff := c.opts.MinBackoff
-	for {
-		delivered, err := c.session(ctx)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if delivered {
-			backoff = c.opts.MinBackoff
-		}
-		wait := backoff/2 + rand.N(backoff/2+1)
-		c.log.Info("zds connection ended; reconnecting", "err", err, "in", wait)
-		backoff = min(2*backoff, c.opts.MaxBackoff)
-		select {
-		case <-time.After(wait):
-		case <-ctx.Done():
-			return nil
-		}
-	}
+	reconnect.Loop(ctx, reconnect.Backoff{Min: c.opts.MinBackoff, Max: c.opts.MaxBackoff}, c.session,
+		func(err error, wait time.Duration) {
+			c.log.Info("zds connection ended; reconnecting", "err", err, "in", wait)
+		})
+	return nil
 }
 
 // session runs one connection; delivered reports whether it got a snapshot.
