@@ -89,7 +89,7 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // podMemlock sums the memlock the kernel charges for the pod's sk_lookup program and maps.
 func podMemlock(tb testing.TB, p *pod) int {
 	tb.Helper()
-	id, maps := attachedTB(tb, p)
+	id, maps := attached(tb, p)
 	total := 0
 	prog, err := ebpf.NewProgramFromID(id)
 	if err != nil {

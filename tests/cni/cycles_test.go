@@ -86,9 +86,7 @@ func TestEnrollCyclesLeaveNothing(t *testing.T) {
 }
 
 // attached returns the id of the sk_lookup program attached to the pod's netns and of its maps.
-func attached(t *testing.T, p *pod) (ebpf.ProgramID, []ebpf.MapID) { return attachedTB(t, p) }
-
-func attachedTB(t testing.TB, p *pod) (ebpf.ProgramID, []ebpf.MapID) {
+func attached(t testing.TB, p *pod) (ebpf.ProgramID, []ebpf.MapID) {
 	t.Helper()
 	f, err := os.Open("/var/run/netns/" + p.netns)
 	if err != nil {

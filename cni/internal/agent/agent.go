@@ -25,6 +25,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -188,7 +189,7 @@ func (a *Agent) Enrolled() []string {
 	for uid := range a.enrolled {
 		out = append(out, uid)
 	}
-	sortStrings(out)
+	slices.Sort(out)
 	return out
 }
 
@@ -284,7 +285,7 @@ func (a *Agent) reconcile(ctx context.Context, key string) error {
 		if err != nil && !apierrors.IsNotFound(err) {
 			return err
 		}
-		a.unenroll(ctx, cur, false)
+		a.unenroll(ctx, cur)
 		cur = nil
 	}
 	switch want := a.labelsEnroll(p); {
@@ -308,7 +309,7 @@ func (a *Agent) reconcile(ctx context.Context, key string) error {
 		}
 		return a.annotate(ctx, p, true)
 	case cur != nil:
-		a.unenroll(ctx, cur, p != nil)
+		a.unenroll(ctx, cur)
 		if p != nil {
 			return a.annotate(ctx, p, false)
 		}
@@ -360,10 +361,10 @@ func (a *Agent) enroll(ctx context.Context, p *pod) error {
 }
 
 // unenroll removes p's redirection first (its traffic goes direct again), then tells
-// ztunnel. The caller holds a.mu. netnsAlive says whether the pod still exists.
-func (a *Agent) unenroll(ctx context.Context, p *pod, netnsAlive bool) {
+// ztunnel. The caller holds a.mu. A netns that is gone is only unpinned.
+func (a *Agent) unenroll(ctx context.Context, p *pod) {
 	netns := p.netns
-	if _, err := os.Stat(netns); err != nil || !netnsAlive && netns == "" {
+	if _, err := os.Stat(netns); err != nil {
 		netns = ""
 	}
 	if err := redirect.Remove(netns, a.pinDir(p.uid)); err != nil {
@@ -402,11 +403,7 @@ func podIPs(p *corev1.Pod) []netip.Addr {
 	return out
 }
 
-func splitKey(key string) (string, string) {
-	for i := range len(key) {
-		if key[i] == '/' {
-			return key[:i], key[i+1:]
-		}
-	}
-	return "", key
+func splitKey(key string) (namespace, name string) {
+	namespace, name, _ = cache.SplitMetaNamespaceKey(key)
+	return namespace, name
 }

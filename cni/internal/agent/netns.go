@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -118,5 +117,3 @@ func openNetns(path string) (*os.File, error) {
 	}
 	return f, nil
 }
-
-func sortStrings(s []string) { sort.Strings(s) }

@@ -70,14 +70,14 @@ func (a *Agent) Add(ctx context.Context, req pluginapi.AddRequest) (pluginapi.Ad
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if old := a.byKey(p.Namespace + "/" + p.Name); old != nil && old.uid != string(p.UID) {
-		a.unenroll(ctx, old, false)
+		a.unenroll(ctx, old)
 	}
 	enr := &pod{uid: string(p.UID), namespace: p.Namespace, name: p.Name, serviceAccount: serviceAccount(p), netns: req.Netns, ips: ips}
 	if err := a.enroll(ctx, enr); err != nil {
 		return pluginapi.AddResponse{}, err
 	}
 	if err := a.annotate(ctx, p, true); err != nil {
-		a.unenroll(context.Background(), enr, true)
+		a.unenroll(context.Background(), enr)
 		return pluginapi.AddResponse{}, err
 	}
 	return pluginapi.AddResponse{Redirected: true}, nil
@@ -95,7 +95,7 @@ func (a *Agent) Del(ctx context.Context, req pluginapi.DelRequest) error {
 		p = a.byKey(req.PodNamespace + "/" + req.PodName)
 	}
 	if p != nil {
-		a.unenroll(ctx, p, false)
+		a.unenroll(ctx, p)
 	}
 	return nil
 }

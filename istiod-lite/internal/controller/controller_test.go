@@ -11,6 +11,7 @@ import (
 	"istio.io/api/security/v1beta1"
 	typev1beta1 "istio.io/api/type/v1beta1"
 	securityclient "istio.io/client-go/pkg/apis/security/v1"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
 	istioinformers "istio.io/client-go/pkg/informers/externalversions"
 	"istio.io/istio/pkg/workloadapi"
@@ -18,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 )
 
@@ -48,6 +50,31 @@ func pod(ns, name, ip string, lbls, annotations map[string]string) *corev1.Pod {
 			{Type: corev1.PodReady, Status: corev1.ConditionTrue},
 		}},
 	}
+}
+
+// runController starts a controller over informers of kube and istio (opts.Kube and
+// opts.Istio are set here), waits until it is ready, and stops everything when t ends.
+func runController(t *testing.T, kube kubernetes.Interface, istio istioclient.Interface, opts Options) (*Controller, context.Context) {
+	t.Helper()
+	opts.Kube = informers.NewSharedInformerFactory(kube, 0)
+	opts.Istio = istioinformers.NewSharedInformerFactory(istio, 0)
+	c, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	opts.Kube.Start(ctx.Done())
+	opts.Istio.Start(ctx.Done())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		opts.Kube.Shutdown()
+		opts.Istio.Shutdown()
+	})
+	<-c.Ready()
+	return c, ctx
 }
 
 func TestSnapshot(t *testing.T) {
@@ -84,23 +111,8 @@ func TestSnapshot(t *testing.T) {
 			Spec:       v1beta1.AuthorizationPolicy{Rules: []*v1beta1.Rule{{To: []*v1beta1.Rule_To{{Operation: &v1beta1.Operation{Ports: []string{"x"}}}}}}},
 		},
 	)
-	kf := informers.NewSharedInformerFactory(kube, 0)
-	isf := istioinformers.NewSharedInformerFactory(istio, 0)
 	p := &pushes{got: map[string]int{}}
-	c, err := New(Options{Kube: kf, Istio: isf, Pusher: p, Debounce: 5 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	kf.Start(ctx.Done())
-	isf.Start(ctx.Done())
-	defer kf.Shutdown()
-	defer isf.Shutdown()
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	<-c.Ready()
+	c, ctx := runController(t, kube, istio, Options{Pusher: p, Debounce: 5 * time.Millisecond})
 
 	all := func(typeURL string) map[string]*xds.Resource {
 		d, err := c.Sources()[typeURL].Generate(ctx, &xds.Request{TypeURL: typeURL, Wildcard: true})

@@ -14,14 +14,12 @@ import (
 	typev1beta1 "istio.io/api/type/v1beta1"
 	securityclient "istio.io/client-go/pkg/apis/security/v1"
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
-	istioinformers "istio.io/client-go/pkg/informers/externalversions"
 	"istio.io/istio/pkg/workloadapi"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	"k8s.io/utils/ptr"
 )
@@ -34,22 +32,7 @@ func TestIncrementalMatchesFullBuild(t *testing.T) {
 	t.Setenv("KUBE_FEATURE_WatchListClient", "false")
 	kube := kubefake.NewClientset()
 	istio := istiofake.NewSimpleClientset()
-	kf := informers.NewSharedInformerFactory(kube, 0)
-	isf := istioinformers.NewSharedInformerFactory(istio, 0)
-	c, err := New(Options{Kube: kf, Istio: isf, Debounce: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	kf.Start(ctx.Done())
-	isf.Start(ctx.Done())
-	defer kf.Shutdown()
-	defer isf.Shutdown()
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	<-c.Ready()
+	c, ctx := runController(t, kube, istio, Options{Debounce: time.Millisecond})
 
 	namespaces := []string{"istio-system", "a", "b"}
 	for _, ns := range namespaces {

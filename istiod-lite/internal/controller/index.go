@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/tools/cache"
 )
 
 // dirty is what changed since the last flush. The event handlers fill it; flush takes it.
@@ -409,7 +410,7 @@ func changedNames(a, b map[string]*xds.Resource) []string {
 
 func isPolicyObject(object string) bool {
 	for _, prefix := range []string{"AuthorizationPolicy ", "PeerAuthentication ", "Authorization "} {
-		if len(object) > len(prefix) && object[:len(prefix)] == prefix {
+		if strings.HasPrefix(object, prefix) {
 			return true
 		}
 	}
@@ -417,12 +418,8 @@ func isPolicyObject(object string) bool {
 }
 
 func splitKey(key string) (namespace, name string) {
-	for i := 0; i < len(key); i++ {
-		if key[i] == '/' {
-			return key[:i], key[i+1:]
-		}
-	}
-	return "", key
+	namespace, name, _ = cache.SplitMetaNamespaceKey(key)
+	return namespace, name
 }
 
 // sortObjects orders policies by namespace and name, so the translation, whose ties go to

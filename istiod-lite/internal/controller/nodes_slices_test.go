@@ -1,21 +1,18 @@
 package controller
 
 import (
-	"context"
 	"slices"
 	"sort"
 	"testing"
 	"time"
 
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
-	istioinformers "istio.io/client-go/pkg/informers/externalversions"
 	"istio.io/istio/pkg/workloadapi"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apiresource "k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	"k8s.io/utils/ptr"
 )
@@ -51,23 +48,8 @@ func TestNodesAndEndpointSlices(t *testing.T) {
 			},
 		},
 	)
-	kf := informers.NewSharedInformerFactory(kube, 0)
-	isf := istioinformers.NewSharedInformerFactory(istiofake.NewSimpleClientset(), 0)
 	pu := &pushes{got: map[string]int{}}
-	c, err := New(Options{Kube: kf, Istio: isf, Pusher: pu, Debounce: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	kf.Start(ctx.Done())
-	isf.Start(ctx.Done())
-	defer kf.Shutdown()
-	defer isf.Shutdown()
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	<-c.Ready()
+	c, ctx := runController(t, kube, istiofake.NewSimpleClientset(), Options{Pusher: pu, Debounce: time.Millisecond})
 
 	workloads := func() map[string]*workloadapi.Workload {
 		t.Helper()
