@@ -203,6 +203,13 @@ func TestRunFight(t *testing.T) {
 			writeAsPrimaryCNI(t, n.conf("10-bridge.conflist"), bridge, false)
 		}
 	}
+	// The warning follows the last rewrite's write, which Check may see first.
+	eventually(t, repairWithin, "the fight reported", func() error {
+		if !strings.Contains(logs.String(), "keeps losing the CNI plugin") {
+			return errors.New("not reported yet")
+		}
+		return nil
+	})
 	if c := strings.Count(logs.String(), "keeps losing the CNI plugin"); c != 1 {
 		t.Errorf("fight reported %d times, want once:\n%s", c, logs.String())
 	}
