@@ -34,6 +34,11 @@ declare -A TOOLS=(
 	[kube-controller-manager]="$KUBERNETES_VERSION|kube|k8s.io/kubernetes/cmd/kube-controller-manager"
 	[kube-scheduler]="$KUBERNETES_VERSION|kube|k8s.io/kubernetes/cmd/kube-scheduler"
 	[kubectl]="$KUBERNETES_VERSION|kube|k8s.io/kubernetes/cmd/kubectl"
+	[kubelet]="$KUBERNETES_VERSION|kube|k8s.io/kubernetes/cmd/kubelet"
+	[kube-proxy]="$KUBERNETES_VERSION|kube|k8s.io/kubernetes/cmd/kube-proxy"
+	[coredns]="$COREDNS_VERSION|install|github.com/coredns/coredns"
+	[echo-server]="$ISTIO_VERSION|pkg|echo:istio.io/istio/pkg/test/echo/cmd/server"
+	[echo-client]="$ISTIO_VERSION|pkg|echo:istio.io/istio/pkg/test/echo/cmd/client"
 	[helm]="$HELM_VERSION|install|helm.sh/helm/v3/cmd/helm"
 	[cnitool]="$CNI_VERSION|install|github.com/containernetworking/cni/cnitool"
 	[bridge]="$CNI_PLUGINS_VERSION|install|github.com/containernetworking/plugins/plugins/main/bridge"
@@ -45,8 +50,8 @@ declare -A TOOLS=(
 	[staticcheck]="$STATICCHECK_VERSION|install|honnef.co/go/tools/cmd/staticcheck"
 	[gotestsum]="$GOTESTSUM_VERSION|install|gotest.tools/gotestsum"
 )
-ORDER=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm cnitool bridge host-local
-	loopback tuning portmap fortio staticcheck gotestsum)
+ORDER=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy helm cnitool bridge
+	host-local loopback tuning portmap coredns echo-server echo-client fortio staticcheck gotestsum)
 
 field() { echo "${TOOLS[$1]}" | cut -d'|' -f"$2"; }
 entry() { echo "$TOOLS_CACHE/$1/$(field "$1" 1)/$1"; }
@@ -97,6 +102,7 @@ build_one() {
 	case $kind in
 	module) (cd "$root/tools/$arg" && go build -trimpath -ldflags "-s -w" -o "$tmp/$n" .) ;;
 	install) GOBIN=$tmp go install -trimpath -ldflags "-s -w" "$arg@$(field "$n" 1)" ;;
+	pkg) (cd "$root/tools/${arg%%:*}" && go build -trimpath -ldflags "-s -w" -o "$tmp/$n" "${arg#*:}") ;;
 	esac
 	place "$n" "$tmp/$n"
 	rm -rf "$tmp"

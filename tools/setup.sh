@@ -12,8 +12,8 @@ PACKAGES=(
 	"clang-$CLANG_VERSION" "llvm-$CLANG_VERSION" libbpf-dev gcc-multilib bpftool
 	# network namespaces, capture, firewalls (tests compare against and clean up after them)
 	iproute2 iptables nftables tcpdump ethtool conntrack
-	# container runtime for the local kubelet nodes
-	containerd runc
+	# container runtime for the local kubelet nodes; busybox is the shell of the test app images
+	containerd runc busybox-static
 	# load generators and comparison peers for benchmarks
 	iperf3 stunnel4 haproxy socat
 	# build basics

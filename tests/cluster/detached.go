@@ -15,6 +15,11 @@ const stateFile = "state.json"
 type state struct {
 	Kubeconfig string         `json:"kubeconfig"`
 	Processes  []stateProcess `json:"processes"`
+	// Resources of a cluster with nodes: its network namespaces, mounts and cgroups.
+	Resources resources `json:"resources"`
+	// Nodes maps each node name to the pid of its containerd, through whose root the host
+	// reaches the node's files and containerd socket (for loading images).
+	Nodes map[string]int `json:"nodes,omitempty"`
 }
 
 type stateProcess struct {
@@ -26,7 +31,13 @@ type stateProcess struct {
 // SaveState writes Dir/state.json describing the running processes, so that another
 // process can stop a detached cluster with StopDetached.
 func (c *Cluster) SaveState() error {
-	st := state{Kubeconfig: c.Kubeconfig}
+	st := state{Kubeconfig: c.Kubeconfig, Resources: c.res}
+	for _, n := range c.nodes {
+		if st.Nodes == nil {
+			st.Nodes = map[string]int{}
+		}
+		st.Nodes[n.Name] = n.containerd.cmd.Process.Pid
+	}
 	for _, p := range c.procs {
 		start, err := procStartTime(p.cmd.Process.Pid)
 		if err != nil {
@@ -63,7 +74,8 @@ func Running(dir string) (kubeconfig string, running bool, err error) {
 	return st.Kubeconfig, len(st.Processes) > 0, nil
 }
 
-// StopDetached stops the cluster recorded in dir (newest process first) and removes dir.
+// StopDetached stops the cluster recorded in dir (newest process first), kills whatever is
+// left in its cgroups, removes its network namespaces, mounts and cgroups, and removes dir.
 // A missing dir is not an error: stopping twice is fine.
 func StopDetached(dir string) error {
 	st, err := loadState(dir)
@@ -79,6 +91,9 @@ func StopDetached(dir string) error {
 	}
 	if len(errs) > 0 {
 		return errors.Join(errs...) // keep the state so a retry can find the survivors
+	}
+	if err := st.Resources.release(); err != nil {
+		return fmt.Errorf("releasing cluster resources: %w", err) // the state stays for a retry
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("removing cluster dir: %w", err)

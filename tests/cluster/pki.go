@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -28,9 +29,20 @@ type pki struct {
 	ControllerCert, ControllerKey       string
 	SchedulerCert, SchedulerKey         string
 	KubeletClientCert, KubeletClientKey string
+	KubeProxyCert, KubeProxyKey         string
 	SAPublic, SAPrivate                 string
+	// Nodes holds each node's kubelet certificates, by node name.
+	Nodes map[string]*nodePKI
 
 	caPEM []byte
+}
+
+// nodePKI is a kubelet's identity towards the apiserver (system:node:<name> in
+// system:nodes, which the Node authorizer recognises) and its serving certificate for :10250,
+// which the apiserver verifies when it proxies exec, logs and port-forward.
+type nodePKI struct {
+	ClientCert, ClientKey   string
+	ServingCert, ServingKey string
 }
 
 type issuer struct {
@@ -43,8 +55,10 @@ type issuer struct {
 const certValidity = 7 * 24 * time.Hour
 
 // newPKI generates every key and certificate into dir. serviceIP is the first address of
-// the Service CIDR (the in-cluster "kubernetes" Service), which the serving cert must name.
-func newPKI(dir string, serviceIP net.IP) (*pki, error) {
+// the Service CIDR (the in-cluster "kubernetes" Service), which the serving cert must name,
+// as it must name apiserverIPs (the apiserver's address on the cluster network, if any);
+// nodes get kubelet certificates.
+func newPKI(dir string, serviceIP net.IP, apiserverIPs []net.IP, nodes []machine) (*pki, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating pki dir: %w", err)
 	}
@@ -63,15 +77,35 @@ func newPKI(dir string, serviceIP net.IP) (*pki, error) {
 			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 			DNSNames: []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
 				"kubernetes.default.svc.cluster.local"},
-			IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, serviceIP},
+			IPAddresses: append([]net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, serviceIP}, apiserverIPs...),
 		}},
 		{&p.AdminCert, &p.AdminKey, clientTemplate("ambient-lite-admin", "system:masters")},
 		{&p.ControllerCert, &p.ControllerKey, clientTemplate("system:kube-controller-manager")},
 		{&p.SchedulerCert, &p.SchedulerKey, clientTemplate("system:kube-scheduler")},
 		{&p.KubeletClientCert, &p.KubeletClientKey, clientTemplate("kube-apiserver-kubelet-client", "system:masters")},
+		{&p.KubeProxyCert, &p.KubeProxyKey, clientTemplate("system:kube-proxy")},
+	}
+	p.Nodes = map[string]*nodePKI{}
+	for _, n := range nodes {
+		np := &nodePKI{}
+		user := "system:node:" + n.Name
+		serving := x509.Certificate{
+			Subject:     pkix.Name{CommonName: user},
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+			DNSNames:    []string{n.Name},
+			IPAddresses: []net.IP{n.IP.AsSlice()},
+		}
+		leaves = append(leaves,
+			leaf{&np.ClientCert, &np.ClientKey, clientTemplate(user, "system:nodes")},
+			leaf{&np.ServingCert, &np.ServingKey, serving},
+		)
+		p.Nodes[n.Name] = np
 	}
 	for _, l := range leaves {
-		name := l.tmpl.Subject.CommonName
+		name := strings.ReplaceAll(l.tmpl.Subject.CommonName, ":", "-")
+		if l.tmpl.ExtKeyUsage[0] == x509.ExtKeyUsageServerAuth && l.tmpl.Subject.CommonName != "kube-apiserver" {
+			name += "-serving"
+		}
 		if *l.cert, *l.key, err = p.issue(ca, name, l.tmpl); err != nil {
 			return nil, fmt.Errorf("issuing %s certificate: %w", name, err)
 		}

@@ -58,15 +58,23 @@ func (l *launcher) start(cmd *exec.Cmd) error {
 	return <-reply
 }
 
-// startProcess runs bin with args, its stdout and stderr appended to logPath. A detached
-// process outlives this one (its own session, no death signal): `cluster-up` uses that.
-func startProcess(name, bin string, args []string, logPath string, detached bool) (*process, error) {
+// startProcess runs argv (with env, or this process's environment if nil), its stdout and
+// stderr appended to logPath. A detached process outlives this one (its own session, no death
+// signal): `cluster-up` uses that.
+func startProcess(name string, argv, env []string, logPath string, detached bool) (*process, error) {
+	return startProcessFiles(name, argv, env, logPath, detached)
+}
+
+// startProcessFiles is startProcess with files the child inherits as fd 3, 4, ...
+func startProcessFiles(name string, argv, env []string, logPath string, detached bool, files ...*os.File) (*process, error) {
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("opening %s log: %w", name, err)
 	}
 	defer logFile.Close() // the child holds its own descriptor
-	cmd := exec.Command(bin, args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = env
+	cmd.ExtraFiles = files
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if detached {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -75,7 +83,7 @@ func startProcess(name, bin string, args []string, logPath string, detached bool
 		err = StartChild(cmd)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("starting %s (%s): %w", name, bin, err)
+		return nil, fmt.Errorf("starting %s (%s): %w", name, argv[0], err)
 	}
 	p := &process{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
 	go func() {

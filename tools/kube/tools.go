@@ -1,11 +1,14 @@
 //go:build tools
 
-// Package tools pins the Kubernetes commands that tools/build.sh builds from this module.
+// Package tools pins the Kubernetes commands (control plane, kubectl, and the nodes' kubelet and
+// kube-proxy) that tools/build.sh builds from this module.
 package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )

@@ -1,9 +1,13 @@
-// Command localcluster starts and stops the local control plane from the shell; it backs
+// Command localcluster starts and stops the local cluster from the shell; it backs
 // `make cluster-up` and `make cluster-down`.
 //
-//	localcluster up   [--dir DIR] [--bin-dir DIR]   start (or find running) and print `export KUBECONFIG=…`
-//	localcluster down [--dir DIR]                   stop every process and remove DIR
-//	localcluster status [--dir DIR]                 exit 0 if a cluster runs in DIR
+//	localcluster up   [--dir DIR] [--bin-dir DIR] [--nodes N]   start (or find running) and print `export KUBECONFIG=…`
+//	localcluster down [--dir DIR]                               stop every process and remove DIR
+//	localcluster status [--dir DIR]                             exit 0 if a cluster runs in DIR
+//	localcluster forward --netns PATH --to ADDR                 (internal) relay the listener on fd 3 to ADDR in PATH
+//
+// With --nodes 0 (the default) it is a control plane on loopback; with nodes, a whole cluster
+// (see package tests/cluster).
 package main
 
 import (
@@ -12,13 +16,17 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/ambient-lite/ambient-lite/tests/cluster"
+	"github.com/ambient-lite/ambient-lite/tests/netns"
 )
 
 func main() {
@@ -34,12 +42,20 @@ func defaultDir() string {
 
 func run(args []string) error {
 	if len(args) == 0 {
-		return errors.New("usage: localcluster up|down|status [--dir DIR] [--bin-dir DIR]")
+		return errors.New("usage: localcluster up|down|status [--dir DIR] [--bin-dir DIR] [--nodes N]")
+	}
+	if args[0] == "forward" {
+		return forward(args[1:])
 	}
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 	dir := fs.String("dir", defaultDir(), "directory holding the cluster's state, logs and kubeconfig")
 	binDir := fs.String("bin-dir", "", "directory with etcd and the Kubernetes binaries (default: $"+cluster.EnvBinDir+" or the repository's .bin)")
+	nodes := fs.String("nodes", "0", fmt.Sprintf("kubelet nodes to run, 0 to %d (0: a control plane only, on loopback)", cluster.MaxNodes))
 	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	n, err := parseNodes(*nodes)
+	if err != nil {
 		return err
 	}
 	abs, err := filepath.Abs(*dir)
@@ -48,7 +64,7 @@ func run(args []string) error {
 	}
 	switch args[0] {
 	case "up":
-		return up(abs, *binDir)
+		return up(abs, *binDir, n)
 	case "down":
 		if err := cluster.StopDetached(abs); err != nil {
 			return err
@@ -69,7 +85,36 @@ func run(args []string) error {
 	return fmt.Errorf("unknown command %q: want up, down or status", args[0])
 }
 
-func up(dir, binDir string) error {
+// parseNodes reads the node count (make cluster-up NODES=...), naming the problem when it is
+// not one.
+func parseNodes(s string) (int, error) {
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil || n < 0 || n > cluster.MaxNodes {
+		return 0, fmt.Errorf("NODES=%q: want a whole number of nodes from 0 to %d", s, cluster.MaxNodes)
+	}
+	return n, nil
+}
+
+// forward relays the listener it inherited on fd 3 into a network namespace: the detached
+// cluster's way from the host to its apiserver.
+func forward(args []string) error {
+	fs := flag.NewFlagSet("forward", flag.ContinueOnError)
+	ns := fs.String("netns", "", "network namespace to dial in")
+	to := fs.String("to", "", "address to relay to")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *ns == "" || *to == "" {
+		return errors.New("forward needs --netns and --to")
+	}
+	ln, err := net.FileListener(os.NewFile(3, "listener"))
+	if err != nil {
+		return fmt.Errorf("forward: the listener on fd 3: %w", err)
+	}
+	return cluster.Forward(ln, *to, netns.DialIn(*ns))
+}
+
+func up(dir, binDir string, nodes int) error {
 	kubeconfig, running, err := cluster.Running(dir)
 	if err != nil {
 		return err
@@ -86,7 +131,12 @@ func up(dir, binDir string) error {
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	c, err := cluster.Start(ctx, cluster.Options{Dir: dir, BinDir: binDir, Detached: true, Log: log})
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	c, err := cluster.Start(ctx, cluster.Options{Dir: dir, BinDir: binDir, Detached: true, Log: log, Nodes: nodes,
+		ForwardCommand: []string{self, "forward"}})
 	if err != nil {
 		_ = os.RemoveAll(dir)
 		return err
@@ -96,8 +146,14 @@ func up(dir, binDir string) error {
 		_ = os.RemoveAll(dir)
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "local control plane ready in %s (state and logs in %s; stop it with `make cluster-down`)\n",
-		c.Ready.Round(10*time.Millisecond), dir)
+	if nodes == 0 {
+		fmt.Fprintf(os.Stderr, "local control plane ready in %s (state and logs in %s; stop it with `make cluster-down`)\n",
+			c.Ready.Round(10*time.Millisecond), dir)
+	} else {
+		fmt.Fprintf(os.Stderr, "local cluster with %d nodes ready in %s: control plane %s, nodes Ready %s, CoreDNS %s (state and logs in %s; stop it with `make cluster-down`)\n",
+			nodes, c.Ready.Round(10*time.Millisecond), c.APIServerReady.Round(10*time.Millisecond),
+			c.NodesReady.Round(10*time.Millisecond), c.DNSReady.Round(10*time.Millisecond), dir)
+	}
 	fmt.Printf("export KUBECONFIG=%s\n", c.Kubeconfig)
 	return nil
 }
