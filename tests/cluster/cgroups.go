@@ -20,8 +20,9 @@ import (
 // down kills whatever still runs in its subtree and removes it.
 const cgroupBase = "/ambient-lite"
 
-// cgroupHierarchies returns the mount points of the cgroup v1 hierarchies (this machine is
-// cgroup v1; its cgroup2 mount has no controllers).
+// cgroupHierarchies returns the mount points of the cgroup hierarchies: this machine's v1
+// controllers, and the cgroup2 mount of a hybrid setup (no controllers, but runc places
+// containers there too).
 func cgroupHierarchies() ([]string, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
@@ -34,7 +35,7 @@ func cgroupHierarchies() ([]string, error) {
 		// mountinfo: id parent major:minor root mountpoint options [optional...] - fstype source superopts
 		pre, post, ok := strings.Cut(s.Text(), " - ")
 		fields, after := strings.Fields(pre), strings.Fields(post)
-		if !ok || len(fields) < 5 || len(after) < 1 || after[0] != "cgroup" {
+		if !ok || len(fields) < 5 || len(after) < 1 || (after[0] != "cgroup" && after[0] != "cgroup2") {
 			continue
 		}
 		out = append(out, fields[4])

@@ -93,6 +93,8 @@ type Cluster struct {
 	fwd        net.Listener // the in-process apiserver forwarder
 	fwdDone    chan error
 	forwardCmd []string // the detached apiserver forwarder
+	binDir     string
+	imageDir   string
 	ownsDir    bool
 	started    time.Time
 	log        *slog.Logger

@@ -1,12 +1,16 @@
 package cluster
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 )
 
 // stateFile records a detached cluster, so another process can find and stop it.
@@ -17,9 +21,6 @@ type state struct {
 	Processes  []stateProcess `json:"processes"`
 	// Resources of a cluster with nodes: its network namespaces, mounts and cgroups.
 	Resources resources `json:"resources"`
-	// Nodes maps each node name to the pid of its containerd, through whose root the host
-	// reaches the node's files and containerd socket (for loading images).
-	Nodes map[string]int `json:"nodes,omitempty"`
 }
 
 type stateProcess struct {
@@ -32,12 +33,6 @@ type stateProcess struct {
 // process can stop a detached cluster with StopDetached.
 func (c *Cluster) SaveState() error {
 	st := state{Kubeconfig: c.Kubeconfig, Resources: c.res}
-	for _, n := range c.nodes {
-		if st.Nodes == nil {
-			st.Nodes = map[string]int{}
-		}
-		st.Nodes[n.Name] = n.containerd.cmd.Process.Pid
-	}
 	for _, p := range c.procs {
 		start, err := procStartTime(p.cmd.Process.Pid)
 		if err != nil {
@@ -111,4 +106,38 @@ func loadState(dir string) (state, error) {
 		return st, fmt.Errorf("parsing %s: %w", filepath.Join(dir, stateFile), err)
 	}
 	return st, nil
+}
+
+// nodeSockets returns the containerd socket of every node of the detached cluster in dir,
+// reached through the root of its running containerd.
+func nodeSockets(dir string) (map[string]string, error) {
+	st, err := loadState(dir)
+	if err != nil {
+		return nil, fmt.Errorf("no cluster recorded in %s: %w", dir, err)
+	}
+	out := map[string]string{}
+	for _, p := range st.Processes {
+		nodeName, ok := strings.CutSuffix(p.Name, "/"+containerdName)
+		if !ok {
+			continue
+		}
+		if start, err := procStartTime(p.PID); err != nil || start != p.StartTime {
+			return nil, fmt.Errorf("containerd of %s is not running (pid %d): restart the cluster", nodeName, p.PID)
+		}
+		out[nodeName] = "/proc/" + strconv.Itoa(p.PID) + "/root" + nodeContainerdSocket
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("the cluster in %s has no nodes (start it with NODES=2)", dir)
+	}
+	return out, nil
+}
+
+// LoadImagesDetached builds the named catalog images (changed ones only) and loads them into
+// every node of the detached cluster in dir (`make images`).
+func LoadImagesDetached(ctx context.Context, dir, binDir, imageDir string, log *slog.Logger, names ...string) error {
+	socks, err := nodeSockets(dir)
+	if err != nil {
+		return err
+	}
+	return buildAndLoad(ctx, socks, binDir, imageDir, log, names)
 }

@@ -16,7 +16,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ambient-lite/ambient-lite/pkg/testenv"
 	"github.com/ambient-lite/ambient-lite/tests/images"
 	"github.com/ambient-lite/ambient-lite/tests/netns"
 	corev1 "k8s.io/api/core/v1"
@@ -66,23 +65,15 @@ func (c *Cluster) startWithNodes(ctx context.Context, binDir string, serviceIP n
 	c.res.Cgroups = append(c.res.Cgroups, cgroupBase+"/"+c.ID)
 
 	// Images are built while the network and control plane come up.
-	imgDir := opts.ImageDir
-	if imgDir == "" {
-		root, err := testenv.RepoRoot()
-		if err != nil {
-			return fmt.Errorf("finding the image directory: %w", err)
-		}
-		imgDir = filepath.Join(root, "out", "images")
+	c.binDir, c.imageDir = binDir, opts.ImageDir
+	b, err := imageBuilder(binDir, opts.ImageDir, c.log)
+	if err != nil {
+		return err
 	}
 	imgDone := make(chan error, 1)
 	var imgs map[string]images.Image
 	go func() {
-		root, err := testenv.RepoRoot()
-		if err != nil {
-			imgDone <- err
-			return
-		}
-		b := &images.Builder{RepoRoot: root, ToolBin: binDir, OutDir: imgDir, Log: c.log}
+		var err error
 		imgs, err = b.Build(ctx, images.Pause, images.CoreDNS)
 		imgDone <- err
 	}()

@@ -4,6 +4,7 @@
 //	localcluster up   [--dir DIR] [--bin-dir DIR] [--nodes N]   start (or find running) and print `export KUBECONFIG=…`
 //	localcluster down [--dir DIR]                               stop every process and remove DIR
 //	localcluster status [--dir DIR]                             exit 0 if a cluster runs in DIR
+//	localcluster images [--dir DIR] [--bin-dir DIR] [NAME...]   build changed images and load them into every node (default: all)
 //	localcluster forward --netns PATH --to ADDR                 (internal) relay the listener on fd 3 to ADDR in PATH
 //
 // With --nodes 0 (the default) it is a control plane on loopback; with nodes, a whole cluster
@@ -26,6 +27,7 @@ import (
 	"time"
 
 	"github.com/ambient-lite/ambient-lite/tests/cluster"
+	"github.com/ambient-lite/ambient-lite/tests/images"
 	"github.com/ambient-lite/ambient-lite/tests/netns"
 )
 
@@ -71,6 +73,22 @@ func run(args []string) error {
 		}
 		fmt.Fprintf(os.Stderr, "local control plane in %s stopped\n", abs)
 		return nil
+	case "images":
+		names := fs.Args()
+		if len(names) == 0 {
+			names = images.All
+		}
+		bin, err := cluster.ResolveBinDir(*binDir)
+		if err != nil {
+			return err
+		}
+		start := time.Now()
+		log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		if err := cluster.LoadImagesDetached(context.Background(), abs, bin, "", log, names...); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "images %s loaded into every node in %s\n", strings.Join(names, ", "), time.Since(start).Round(10*time.Millisecond))
+		return nil
 	case "status":
 		kubeconfig, running, err := cluster.Running(abs)
 		if err != nil {
@@ -82,7 +100,7 @@ func run(args []string) error {
 		fmt.Printf("export KUBECONFIG=%s\n", kubeconfig)
 		return nil
 	}
-	return fmt.Errorf("unknown command %q: want up, down or status", args[0])
+	return fmt.Errorf("unknown command %q: want up, down, status or images", args[0])
 }
 
 // parseNodes reads the node count (make cluster-up NODES=...), naming the problem when it is
