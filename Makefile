@@ -18,9 +18,15 @@ CLUSTER_DIR ?= $(or $(TMPDIR),/tmp)/ambient-lite-cluster
 # Packages under test; override to narrow: make test PKGS=./tests/cluster/...
 PKGS ?= ./...
 TEST_TIMEOUT ?= 30m
-KUBE_TOOLS := etcd kube-apiserver kube-controller-manager kube-scheduler kubectl
+# Nodes of `make cluster-up` (0: a control plane only, on loopback; at most 8).
+NODES ?= 2
+REGISTRY_NOTE := ambient-lite.local/<name>:dev (pause, coredns, echo, fortio, ztunnel, istiod-lite, cni)
+# Images `make images` builds and loads into the nodes (default: the whole catalog).
+IMAGES ?=
+CLUSTER_TOOLS := etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy \
+	bridge host-local loopback portmap coredns echo-server echo-client fortio
 
-.PHONY: setup tools build generate generate-check lint test demo cluster-up cluster-down bench bench-l4 bench-xds bench-cni clean
+.PHONY: setup tools build generate generate-check lint test demo cluster-up cluster-down images bench bench-l4 bench-xds bench-cni clean
 
 ## setup: install system packages (apt) and build the pinned tools; idempotent
 setup:
@@ -74,27 +80,35 @@ bench-cni: setup
 	$(GO) test -count=1 -timeout 10m -run '^$$' -bench '^BenchmarkCNIAdd$$' -benchtime 1x ./tests/cni/
 	$(GO) test -count=1 -run '^$$' -bench '^BenchmarkInstall$$' ./cni/internal/redirect/
 
-## cluster-up: start the local control plane and print `export KUBECONFIG=...`
+## cluster-up: start the local cluster (NODES=2 kubelet nodes, CoreDNS) and print `export KUBECONFIG=...`
 cluster-up:
-	tools/build.sh $(KUBE_TOOLS) >/dev/null
+	tools/build.sh $(CLUSTER_TOOLS) >/dev/null
 	$(GO) build -o $(OUT)/bin/localcluster ./tests/cmd/localcluster
-	$(OUT)/bin/localcluster up --dir $(CLUSTER_DIR)
+	$(OUT)/bin/localcluster up --dir $(CLUSTER_DIR) --nodes '$(NODES)'
 
-## cluster-down: stop every process of the local control plane and remove its directory
+## images: build the changed images (IMAGES=..., default all) and load them into every node of the cluster
+images:
+	tools/build.sh $(CLUSTER_TOOLS) >/dev/null
+	$(GO) build -o $(OUT)/bin/localcluster ./tests/cmd/localcluster
+	$(OUT)/bin/localcluster images --dir $(CLUSTER_DIR) $(IMAGES)
+
+## cluster-down: stop every process of the local cluster, remove its namespaces, mounts, cgroups and directory
 cluster-down:
 	$(GO) build -o $(OUT)/bin/localcluster ./tests/cmd/localcluster
 	$(OUT)/bin/localcluster down --dir $(CLUSTER_DIR)
 
-## demo: until the mesh runs end to end, start the local control plane and show how to use it
+## demo: until the mesh runs end to end: a 2-node local cluster with the images loaded, and how to use it
 demo: setup
 	@mkdir -p $(OUT)
-	@$(MAKE) --no-print-directory -s cluster-up > $(OUT)/demo.env
+	@$(MAKE) --no-print-directory -s cluster-up NODES=2 > $(OUT)/demo.env
+	@$(MAKE) --no-print-directory -s images
 	@cat $(OUT)/demo.env
+	@source $(OUT)/demo.env && kubectl get nodes -o wide && kubectl get pods -A -o wide
 	@echo
-	@echo "The local control plane is up (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,"
-	@echo "with the Istio security and Gateway API CRDs). Reach it with:"
+	@echo "The local cluster is up: control plane, two kubelet nodes (containerd, kube-proxy, bridge"
+	@echo "pod network), CoreDNS, and the images $(REGISTRY_NOTE). Reach it with:"
 	@echo
-	@echo "  source $(OUT)/demo.env && kubectl get ns,crd"
+	@echo "  source $(OUT)/demo.env && kubectl get nodes,pods -A"
 	@echo
 	@echo "The pinned kubectl $(KUBERNETES_VERSION) is in $(BIN). Stop everything with: make cluster-down"
 

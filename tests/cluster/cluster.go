@@ -27,7 +27,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/ambient-lite/ambient-lite/tests/netns"
+	"github.com/ambient-lite/ambient-lite/tests/netnsdial"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -225,7 +225,7 @@ func (pl placement) dial() func(ctx context.Context, network, addr string) (net.
 	if pl.netns == "" {
 		return (&net.Dialer{}).DialContext
 	}
-	return netns.DialIn(pl.netns)
+	return netnsdial.Dialer(pl.netns)
 }
 
 // startCore starts etcd and the apiserver and waits for the apiserver's /readyz.

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/ambient-lite/ambient-lite/tests/images"
-	"github.com/ambient-lite/ambient-lite/tests/netns"
+	"github.com/ambient-lite/ambient-lite/tests/netnsdial"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -244,7 +244,7 @@ func (c *Cluster) startNode(ctx context.Context, n *node, binDir string, p *pki,
 		return err
 	}
 	// The kubelet is up once it serves its healthz inside the node.
-	return waitHTTP(ctx, kubelet, "http://127.0.0.1:10248/healthz", nil, netns.DialIn(n.NetnsPath()))
+	return waitHTTP(ctx, kubelet, "http://127.0.0.1:10248/healthz", nil, netnsdial.Dialer(n.NetnsPath()))
 }
 
 // podNetwork waits for the controller manager to give every node a podCIDR, then writes each

@@ -13,14 +13,13 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ambient-lite/ambient-lite/pkg/testenv"
-	"golang.org/x/sys/unix"
+	"github.com/ambient-lite/ambient-lite/tests/netnsdial"
 )
 
 // Topology owns the namespaces a test created.
@@ -95,48 +94,12 @@ func (tp *Topology) Command(ns string, name string, args ...string) *exec.Cmd {
 	return exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
 }
 
-// Do runs f on an OS thread switched into ns (see [DoIn]).
-func (tp *Topology) Do(ns string, f func() error) error { return DoIn("/var/run/netns/"+ns, f) }
+// Do runs f on an OS thread switched into ns (see [netnsdial.Do]).
+func (tp *Topology) Do(ns string, f func() error) error { return netnsdial.Do("/var/run/netns/"+ns, f) }
 
-// DialContext dials from inside ns (see [DialIn]).
+// DialContext dials from inside ns (see [netnsdial.Dialer]).
 func (tp *Topology) DialContext(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return DialIn("/var/run/netns/" + ns)
-}
-
-// DoIn runs f on an OS thread switched into the network namespace at path. Sockets f creates
-// belong to that namespace for their whole life, whatever goroutine later uses them. The
-// thread is discarded afterwards rather than switched back, so no other goroutine ever runs
-// in the namespace by accident.
-func DoIn(path string, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with this goroutine
-		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- fmt.Errorf("opening netns %s: %w", path, err)
-			return
-		}
-		defer unix.Close(fd)
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("entering netns %s: %w", path, err)
-			return
-		}
-		errc <- f()
-	}()
-	return <-errc
-}
-
-// DialIn returns a dial function whose sockets are created inside the network namespace at
-// path, for clients such as http.Transport that dial on goroutines of their own.
-func DialIn(path string) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := DoIn(path, func() (err error) {
-			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}
+	return netnsdial.Dialer("/var/run/netns/" + ns)
 }
 
 // HTTPClient returns a client whose connections are made inside ns.

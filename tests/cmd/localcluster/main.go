@@ -28,7 +28,7 @@ import (
 
 	"github.com/ambient-lite/ambient-lite/tests/cluster"
 	"github.com/ambient-lite/ambient-lite/tests/images"
-	"github.com/ambient-lite/ambient-lite/tests/netns"
+	"github.com/ambient-lite/ambient-lite/tests/netnsdial"
 )
 
 func main() {
@@ -129,7 +129,7 @@ func forward(args []string) error {
 	if err != nil {
 		return fmt.Errorf("forward: the listener on fd 3: %w", err)
 	}
-	return cluster.Forward(ln, *to, netns.DialIn(*ns))
+	return cluster.Forward(ln, *to, netnsdial.Dialer(*ns))
 }
 
 func up(dir, binDir string, nodes int) error {
