@@ -24,6 +24,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"time"
 
@@ -55,6 +56,11 @@ type Options struct {
 	// ImageDir holds the image archives the nodes load (tests/images). If empty, the
 	// repository's out/images.
 	ImageDir string
+	// ID names the cluster's network namespaces (al-<ID>-...) and cgroups
+	// (/ambient-lite/<ID>), 1 to 8 lowercase letters and digits; random if empty.
+	ID string
+	// KubeletArgs are extra kubelet flags (feature gates, verbosity).
+	KubeletArgs []string
 	// ForwardCommand is, for a Detached cluster with nodes, the command that relays the host's
 	// loopback port to the apiserver after this process exits (`localcluster forward`): it
 	// inherits the listening socket as fd 3 and gets --netns PATH --to ADDR.
@@ -103,6 +109,8 @@ type Cluster struct {
 // MaxNodes bounds Options.Nodes: the cluster network has room for more, the machine has not.
 const MaxNodes = 8
 
+var validID = regexp.MustCompile(`^[a-z0-9]{1,8}$`)
+
 const (
 	readyTimeout = 90 * time.Second
 	stopGrace    = 10 * time.Second
@@ -129,6 +137,9 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	if opts.Nodes < 0 || opts.Nodes > MaxNodes {
 		return nil, fmt.Errorf("%d nodes: want 0 to %d", opts.Nodes, MaxNodes)
+	}
+	if opts.ID != "" && !validID.MatchString(opts.ID) {
+		return nil, fmt.Errorf("cluster ID %q: want 1 to 8 lowercase letters and digits", opts.ID)
 	}
 	binDir, err := ResolveBinDir(opts.BinDir)
 	if err != nil {
@@ -462,7 +473,7 @@ func waitHTTP(ctx context.Context, p *process, url string, tlsCfg *tls.Config, d
 		last = err
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for %s at %s: %w (last: %v); log %s", p.name, url, ctx.Err(), last, p.logPath)
+			return fmt.Errorf("waiting for %s at %s: %w (last: %v); last lines of %s:\n%s", p.name, url, ctx.Err(), last, p.logPath, logTail(p.logPath, 15))
 		case <-time.After(50 * time.Millisecond):
 		}
 	}

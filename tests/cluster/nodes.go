@@ -59,9 +59,12 @@ func (c *Cluster) startWithNodes(ctx context.Context, binDir string, serviceIP n
 	if err := checkClusterDir(c.Dir); err != nil {
 		return err
 	}
-	id := make([]byte, 3)
-	_, _ = rand.Read(id)
-	c.ID = hex.EncodeToString(id)
+	c.ID = opts.ID
+	if c.ID == "" {
+		id := make([]byte, 3)
+		_, _ = rand.Read(id)
+		c.ID = hex.EncodeToString(id)
+	}
 	c.res.Cgroups = append(c.res.Cgroups, cgroupBase+"/"+c.ID)
 
 	// Images are built while the network and control plane come up.
@@ -148,7 +151,7 @@ func (c *Cluster) startWithNodes(ctx context.Context, binDir string, serviceIP n
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = c.startNode(ctx, n, binDir, p, apiserver, nsDir, imgs, opts.Detached, &mu)
+			errs[i] = c.startNode(ctx, n, binDir, p, apiserver, nsDir, imgs, opts, &mu)
 		}()
 	}
 	wg.Wait()
@@ -183,7 +186,7 @@ func checkClusterDir(dir string) error {
 // startNode brings one node up: files, namespaces, cgroups, containerd with the images, then
 // the kubelet and kube-proxy.
 func (c *Cluster) startNode(ctx context.Context, n *node, binDir string, p *pki, apiserver, nsDir string,
-	imgs map[string]images.Image, detached bool, mu *sync.Mutex) error {
+	imgs map[string]images.Image, opts Options, mu *sync.Mutex) error {
 	cfg := nodeConfig{
 		Name: n.Name, IP: n.IP, APIServer: apiserver, ConfigDir: filepath.Join(n.Dir, "config"),
 		CgroupRoot: n.Cgroup, ClusterDNS: clusterDNSIP, ClusterCIDR: podCIDR, PauseImage: imgs[images.Pause].Ref,
@@ -206,7 +209,7 @@ func (c *Cluster) startNode(ctx context.Context, n *node, binDir string, p *pki,
 		if err != nil {
 			return nil, err
 		}
-		pr, err := startProcess(n.Name+"/"+name, argv, n.env(), filepath.Join(c.Dir, n.Name+"-"+name+".log"), detached)
+		pr, err := startProcess(n.Name+"/"+name, argv, n.env(), filepath.Join(c.Dir, n.Name+"-"+name+".log"), opts.Detached)
 		if err != nil {
 			return nil, err
 		}
@@ -232,10 +235,10 @@ func (c *Cluster) startNode(ctx context.Context, n *node, binDir string, p *pki,
 			return fmt.Errorf("loading images into %s: %w", n.Name, err)
 		}
 	}
-	kubelet, err := start(kubeletName, filepath.Join(binDir, kubeletName),
-		"--config="+filepath.Join(conf, "kubelet.yaml"),
-		"--kubeconfig="+filepath.Join(conf, "kubelet.kubeconfig"),
-		"--hostname-override="+n.Name, "--node-ip="+n.IP.String(), "--v=1")
+	kubelet, err := start(kubeletName, filepath.Join(binDir, kubeletName), append([]string{
+		"--config=" + filepath.Join(conf, "kubelet.yaml"),
+		"--kubeconfig=" + filepath.Join(conf, "kubelet.kubeconfig"),
+		"--hostname-override=" + n.Name, "--node-ip=" + n.IP.String(), "--v=1"}, opts.KubeletArgs...)...)
 	if err != nil {
 		return err
 	}

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -194,6 +197,10 @@ func checkEcho(t *testing.T, l *localcluster) {
 	if out, err := l.kubectl("-n", ns, "exec", "client", "--", "nslookup", "example.com"); err == nil || !strings.Contains(out, "NXDOMAIN") {
 		t.Errorf("nslookup example.com = %v\n%s; want NXDOMAIN", err, out)
 	}
+	// kubectl port-forward to the client pod: the test talks to a loopback port only.
+	if host := portForwardHostname(t, l, ns, "client"); host != "client" {
+		t.Errorf("through kubectl port-forward the echo server said hostname %q, want client", host)
+	}
 	// kubectl logs reaches the kubelet too.
 	for name := range echoes {
 		if logs := l.mustKubectl("-n", ns, "logs", name); !strings.Contains(logs, "Creating Server") {
@@ -217,6 +224,44 @@ func echoHostname(t *testing.T, l *localcluster, ns, url string) string {
 		}
 	}
 	t.Errorf("client -> %s: no Hostname in\n%s", url, out)
+	return ""
+}
+
+// portForwardHostname runs `kubectl port-forward pod/POD :8080`, calls the echo server through
+// the loopback port kubectl picked, and returns the hostname it reported.
+func portForwardHostname(t *testing.T, l *localcluster, ns, pod string) string {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(l.binDir, "kubectl"), "-n", ns, "port-forward", "--address=127.0.0.1", "pod/"+pod, ":8080")
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+filepath.Join(l.dir, "kubeconfig"))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	// "Forwarding from 127.0.0.1:NNNNN -> 8080"
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	fields := strings.Fields(line)
+	if err != nil || len(fields) < 3 || fields[0] != "Forwarding" {
+		t.Errorf("kubectl port-forward printed %q (%v), want its Forwarding line", line, err)
+		return ""
+	}
+	addr := fields[2]
+	resp, err := http.Get("http://" + addr + "/")
+	if err != nil {
+		t.Errorf("GET through port-forward %s: %v", addr, err)
+		return ""
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, l := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(l, "Hostname="); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Errorf("GET through port-forward: no Hostname in %q", body)
 	return ""
 }
 
