@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"text/template"
 	"time"
 )
 
@@ -123,14 +123,14 @@ func (n *node) prepare(binDir string, cfg nodeConfig, p *pki, apiserver string) 
 	if err := writeKubeconfig(filepath.Join(conf, "kube-proxy.kubeconfig"), apiserver, p, p.KubeProxyCert, p.KubeProxyKey, "system:kube-proxy"); err != nil {
 		return err
 	}
-	for name, t := range map[string]interface {
-		Execute(io.Writer, any) error
-	}{"containerd.toml": containerdTemplate, "kubelet.yaml": kubeletTemplate, "kube-proxy.yaml": kubeProxyTemplate} {
-		var b strings.Builder
-		if err := t.Execute(&b, cfg); err != nil {
-			return fmt.Errorf("rendering %s of %s: %w", name, n.Name, err)
+	for name, t := range map[string]*template.Template{
+		"containerd.toml": containerdTemplate, "kubelet.yaml": kubeletTemplate, "kube-proxy.yaml": kubeProxyTemplate,
+	} {
+		b, err := render(t, cfg)
+		if err != nil {
+			return err
 		}
-		if err := os.WriteFile(filepath.Join(conf, name), []byte(b.String()), 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(conf, name), b, 0o600); err != nil {
 			return err
 		}
 	}
@@ -269,5 +269,3 @@ func copyFile(src, dst string, perm os.FileMode) error {
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
-
-var errNoNodes = errors.New("no nodes")

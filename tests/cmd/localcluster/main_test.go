@@ -166,3 +166,18 @@ func isZombie(pid int) bool {
 	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
 	return len(fields) == 0 || fields[0] == "Z"
 }
+
+func TestParseNodes(t *testing.T) {
+	for in, want := range map[string]int{"0": 0, "2": 2, " 8 ": 8, "9": -1, "-1": -1, "two": -1, "": -1, "2.5": -1} {
+		got, err := parseNodes(in)
+		if want < 0 {
+			if err == nil || !strings.Contains(err.Error(), "NODES=") || !strings.Contains(err.Error(), "0 to 8") {
+				t.Errorf("parseNodes(%q) = %d, %v; want an error naming NODES and the range", in, got, err)
+			}
+			continue
+		}
+		if err != nil || got != want {
+			t.Errorf("parseNodes(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+}
