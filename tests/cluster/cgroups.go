@@ -58,7 +58,12 @@ func createCgroup(rel string) error {
 		return err
 	}
 	for _, h := range hs {
-		if err := mkCgroup(h, rel); err != nil {
+		// Another cluster's teardown may remove an empty cgroupBase between our mkdirs.
+		err := mkCgroup(h, rel)
+		for try := 0; errors.Is(err, fs.ErrNotExist) && try < 3; try++ {
+			err = mkCgroup(h, rel)
+		}
+		if err != nil {
 			return err
 		}
 	}

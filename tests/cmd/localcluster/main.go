@@ -71,7 +71,7 @@ func run(args []string) error {
 		if err := cluster.StopDetached(abs); err != nil {
 			return err
 		}
-		fmt.Fprintf(os.Stderr, "local control plane in %s stopped\n", abs)
+		fmt.Fprintf(os.Stderr, "local cluster in %s stopped\n", abs)
 		return nil
 	case "images":
 		names := fs.Args()
