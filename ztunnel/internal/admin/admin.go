@@ -10,12 +10,12 @@ import (
 	"sort"
 	"sync/atomic"
 
-	"github.com/ambient-lite/ambient-lite/ztunnel/internal/state"
+	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
 	"google.golang.org/protobuf/encoding/protojson"
 )
 
 // Handler returns the admin mux. snapshot returns the current state.
-func Handler(snapshot func() *state.Snapshot) http.Handler {
+func Handler(snapshot func() *meshstate.Snapshot) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/config_dump", func(w http.ResponseWriter, _ *http.Request) {
 		b, err := ConfigDump(snapshot())
@@ -36,11 +36,11 @@ func Handler(snapshot func() *state.Snapshot) http.Handler {
 
 // ConfigDump renders the snapshot as JSON: workloads and services in the workload API's
 // protojson form, sorted by uid and key, plus counts.
-func ConfigDump(s *state.Snapshot) ([]byte, error) {
+func ConfigDump(s *meshstate.Snapshot) ([]byte, error) {
 	var ws, svcs []json.RawMessage
 	var werr error
-	var wl []*state.Workload
-	s.Workloads(func(w *state.Workload) { wl = append(wl, w) })
+	var wl []*meshstate.Workload
+	s.Workloads(func(w *meshstate.Workload) { wl = append(wl, w) })
 	sort.Slice(wl, func(i, j int) bool { return wl[i].Uid < wl[j].Uid })
 	for _, w := range wl {
 		b, err := protojson.Marshal(w.Workload)
@@ -49,8 +49,8 @@ func ConfigDump(s *state.Snapshot) ([]byte, error) {
 		}
 		ws = append(ws, b)
 	}
-	var sl []*state.Service
-	s.Services(func(v *state.Service) { sl = append(sl, v) })
+	var sl []*meshstate.Service
+	s.Services(func(v *meshstate.Service) { sl = append(sl, v) })
 	sort.Slice(sl, func(i, j int) bool { return sl[i].Key < sl[j].Key })
 	for _, v := range sl {
 		b, err := protojson.Marshal(v.Service)

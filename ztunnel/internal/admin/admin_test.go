@@ -7,12 +7,12 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/ambient-lite/ambient-lite/ztunnel/internal/state"
+	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
 	"istio.io/istio/pkg/workloadapi"
 )
 
 func TestConfigDumpAndReadiness(t *testing.T) {
-	s := state.NewStore("cluster.local")
+	s := meshstate.NewStore("cluster.local")
 	err := s.Apply([]*workloadapi.Address{
 		{Type: &workloadapi.Address_Workload{Workload: &workloadapi.Workload{Uid: "b", Namespace: "ns", Addresses: [][]byte{{10, 0, 0, 2}}}}},
 		{Type: &workloadapi.Address_Workload{Workload: &workloadapi.Workload{Uid: "a", Namespace: "ns", Addresses: [][]byte{{10, 0, 0, 1}}}}},

@@ -20,6 +20,7 @@ import (
 
 	"github.com/ambient-lite/ambient-lite/pkg/authz"
 	"github.com/ambient-lite/ambient-lite/pkg/caclient"
+	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
 	"github.com/ambient-lite/ambient-lite/pkg/secrets"
 	"github.com/ambient-lite/ambient-lite/pkg/xds"
 	"github.com/ambient-lite/ambient-lite/pkg/zds"
@@ -31,13 +32,12 @@ import (
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/metrics"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/proxy"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/socket"
-	"github.com/ambient-lite/ambient-lite/ztunnel/internal/state"
 	"golang.org/x/sync/errgroup"
 )
 
 // Run serves until ctx ends, then drains for cfg.Drain and stops.
 func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
-	store := state.NewStore(cfg.TrustDomain)
+	store := meshstate.NewStore(cfg.TrustDomain)
 	policies := discovery.NewPolicyStore(authz.Options{RootNamespace: cfg.RootNamespace})
 	roots, err := readRoots(cfg.RootCertPath)
 	if err != nil {
@@ -196,7 +196,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if zdsClient == nil || waitZDS(ctx, gctx, zdsClient) == nil {
 		// Prefetch the certificates of this node's workloads so the first connection is fast.
 		var local []string
-		store.Snapshot().Workloads(func(w *state.Workload) {
+		store.Snapshot().Workloads(func(w *meshstate.Workload) {
 			if w.GetNode() == cfg.NodeName {
 				certs.Prefetch(w.Identity)
 				local = append(local, w.Uid)
@@ -249,7 +249,7 @@ func statsMux(m *metrics.Metrics) *http.ServeMux {
 }
 
 // loadLocal applies the file's workloads and services to store and its policies to policies.
-func loadLocal(store *state.Store, policies *discovery.PolicyStore, path string) error {
+func loadLocal(store *meshstate.Store, policies *discovery.PolicyStore, path string) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("reading local config: %w", err)

@@ -13,8 +13,8 @@ import (
 	"sync/atomic"
 
 	"github.com/ambient-lite/ambient-lite/pkg/authz"
+	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
 	"github.com/ambient-lite/ambient-lite/pkg/xds"
-	"github.com/ambient-lite/ambient-lite/ztunnel/internal/state"
 	"istio.io/istio/pkg/workloadapi"
 	"istio.io/istio/pkg/workloadapi/security"
 )
@@ -72,7 +72,7 @@ func (s *PolicyStore) Apply(upserts []*security.Authorization, removals []string
 
 // Handler returns the xDS handler that applies responses to store and policies; first is
 // called once, after the first response of each type has been applied.
-func Handler(store *state.Store, policies *PolicyStore, first func(typeURL string)) xds.Handler {
+func Handler(store *meshstate.Store, policies *PolicyStore, first func(typeURL string)) xds.Handler {
 	var seen sync.Map
 	return func(typeURL string, upserts []*xds.Resource, removals []string) error {
 		var err error

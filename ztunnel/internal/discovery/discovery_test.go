@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/ambient-lite/ambient-lite/pkg/authz"
+	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
 	"github.com/ambient-lite/ambient-lite/pkg/xds"
-	"github.com/ambient-lite/ambient-lite/ztunnel/internal/state"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -99,7 +99,7 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 // invalid workload is NACKed and the last good state stays.
 func TestDeltasAppliedAndNACKKeepsState(t *testing.T) {
 	cp := startControlPlane(t)
-	store := state.NewStore("cluster.local")
+	store := meshstate.NewStore("cluster.local")
 	policies := NewPolicyStore(authz.Options{})
 	var firsts sync.Map
 	conn, err := grpc.NewClient(cp.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))

@@ -3,13 +3,13 @@ package proxy
 import (
 	"strings"
 
-	"github.com/ambient-lite/ambient-lite/ztunnel/internal/state"
+	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
 )
 
 // baggage is the W3C baggage ztunnel sends with each HBONE stream, describing the source
 // workload as Rust ztunnel does: cluster, namespace, workload kind and name, canonical
 // service and revision. Empty fields are left out.
-func baggage(w *state.Workload) string {
+func baggage(w *meshstate.Workload) string {
 	if w == nil {
 		return ""
 	}

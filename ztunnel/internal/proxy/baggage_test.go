@@ -3,12 +3,12 @@ package proxy
 import (
 	"testing"
 
-	"github.com/ambient-lite/ambient-lite/ztunnel/internal/state"
+	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
 	"istio.io/istio/pkg/workloadapi"
 )
 
 func TestBaggage(t *testing.T) {
-	w := &state.Workload{Workload: &workloadapi.Workload{
+	w := &meshstate.Workload{Workload: &workloadapi.Workload{
 		ClusterId: "Kubernetes", Namespace: "shop", WorkloadName: "cart", WorkloadType: workloadapi.WorkloadType_DEPLOYMENT,
 		CanonicalName: "cart", CanonicalRevision: "v2",
 	}}
@@ -16,7 +16,7 @@ func TestBaggage(t *testing.T) {
 	if got := baggage(w); got != want {
 		t.Errorf("baggage = %q, want %q", got, want)
 	}
-	if got := baggage(&state.Workload{Workload: &workloadapi.Workload{Namespace: "a", WorkloadType: workloadapi.WorkloadType_POD}}); got != "k8s.namespace.name=a" {
+	if got := baggage(&meshstate.Workload{Workload: &workloadapi.Workload{Namespace: "a", WorkloadType: workloadapi.WorkloadType_POD}}); got != "k8s.namespace.name=a" {
 		t.Errorf("sparse baggage = %q", got)
 	}
 	if baggage(nil) != "" {

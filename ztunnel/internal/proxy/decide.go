@@ -6,7 +6,7 @@ import (
 	"net/netip"
 
 	"github.com/ambient-lite/ambient-lite/pkg/identity"
-	"github.com/ambient-lite/ambient-lite/ztunnel/internal/state"
+	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
 	"istio.io/istio/pkg/workloadapi"
 )
 
@@ -15,7 +15,7 @@ type Conn struct {
 	// Source is the peer's verified identity; zero for plaintext connections.
 	Source   identity.ID
 	SourceIP netip.Addr
-	Dest     *state.Workload
+	Dest     *meshstate.Workload
 	// DestIP and DestPort are where the connection was going (the HBONE :authority, or
 	// the original destination of a plaintext connection).
 	DestIP   netip.Addr
@@ -36,7 +36,7 @@ func (AllowAll) Authorize(Conn) error { return nil }
 
 // inboundDecision is what to do with one HBONE stream or plaintext connection.
 type inboundDecision struct {
-	Workload *state.Workload
+	Workload *meshstate.Workload
 	Target   netip.AddrPort
 	// Status is the HBONE response: 200 to connect, 400 bad request, 401 denied.
 	Status int
@@ -45,7 +45,7 @@ type inboundDecision struct {
 
 // decideInbound checks an inbound connection for target (the HBONE :authority, or the
 // original destination of a plaintext connection) against the node's workloads and policy.
-func decideInbound(snap *state.Snapshot, node string, target netip.AddrPort, source identity.ID, sourceIP netip.Addr, authz Authorizer) inboundDecision {
+func decideInbound(snap *meshstate.Snapshot, node string, target netip.AddrPort, source identity.ID, sourceIP netip.Addr, authz Authorizer) inboundDecision {
 	target = netip.AddrPortFrom(target.Addr().Unmap(), target.Port())
 	w, ok := snap.WorkloadByIP(target.Addr())
 	if !ok || w.GetNode() != node {
@@ -62,8 +62,8 @@ func decideInbound(snap *state.Snapshot, node string, target netip.AddrPort, sou
 
 // outboundDecision is where one captured outbound connection goes.
 type outboundDecision struct {
-	Route  state.Route
-	Source *state.Workload // nil if the client is not a known workload
+	Route  meshstate.Route
+	Source *meshstate.Workload // nil if the client is not a known workload
 }
 
 // decideOutbound routes a connection from src to its original destination dst. A
@@ -71,7 +71,7 @@ type outboundDecision struct {
 // identity is the one ztunnel presents. In in-pod mode self lists the uids the pod's
 // workload may have, tried first; otherwise (or if none is on this node) src's address
 // names the source.
-func decideOutbound(snap *state.Snapshot, node string, self []string, src, dst netip.AddrPort, pick func(int) int) (outboundDecision, error) {
+func decideOutbound(snap *meshstate.Snapshot, node string, self []string, src, dst netip.AddrPort, pick func(int) int) (outboundDecision, error) {
 	route, err := snap.Outbound(dst, pick)
 	if err != nil {
 		return outboundDecision{}, err
@@ -88,7 +88,7 @@ func decideOutbound(snap *state.Snapshot, node string, self []string, src, dst n
 			d.Source = w
 		}
 	}
-	if route.Kind == state.HBONE && d.Source == nil {
+	if route.Kind == meshstate.HBONE && d.Source == nil {
 		return outboundDecision{}, fmt.Errorf("source %s is not a workload on node %s, so it has no identity to tunnel to %s with", src.Addr(), node, dst)
 	}
 	return d, nil

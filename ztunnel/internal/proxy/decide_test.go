@@ -9,11 +9,11 @@ import (
 	"testing"
 
 	"github.com/ambient-lite/ambient-lite/pkg/identity"
+	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/localconfig"
-	"github.com/ambient-lite/ambient-lite/ztunnel/internal/state"
 )
 
-func snapshot(t *testing.T) *state.Snapshot {
+func snapshot(t *testing.T) *meshstate.Snapshot {
 	t.Helper()
 	b, err := os.ReadFile("../localconfig/testdata/two-nodes.yaml")
 	if err != nil {
@@ -24,7 +24,7 @@ func snapshot(t *testing.T) *state.Snapshot {
 		t.Fatal(err)
 	}
 	addrs := cfg.Addresses
-	s := state.NewStore("cluster.local")
+	s := meshstate.NewStore("cluster.local")
 	if err := s.Apply(addrs, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -76,14 +76,14 @@ func TestDecideOutbound(t *testing.T) {
 	first := func(int) int { return 0 }
 	client := netip.MustParseAddrPort("10.10.1.2:40000")
 	d, err := decideOutbound(snap, "node-a", nil, client, netip.MustParseAddrPort("10.96.0.20:80"), first)
-	if err != nil || d.Route.Kind != state.HBONE || d.Source == nil || d.Source.Identity.ServiceAccount() != "sleep" {
+	if err != nil || d.Route.Kind != meshstate.HBONE || d.Source == nil || d.Source.Identity.ServiceAccount() != "sleep" {
 		t.Fatalf("client → echo VIP: %+v, %v", d, err)
 	}
 	if _, err := decideOutbound(snap, "node-b", nil, client, netip.MustParseAddrPort("10.96.0.20:80"), first); err == nil {
 		t.Error("ztunnel on node-b tunnelled for a client on node-a")
 	}
 	d, err = decideOutbound(snap, "node-a", nil, netip.MustParseAddrPort("10.10.7.7:1"), netip.MustParseAddrPort("192.0.2.1:443"), first)
-	if err != nil || d.Route.Kind != state.Passthrough {
+	if err != nil || d.Route.Kind != meshstate.Passthrough {
 		t.Errorf("unknown client to unknown destination: %+v, %v; want passthrough", d, err)
 	}
 }

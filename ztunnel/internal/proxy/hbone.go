@@ -12,10 +12,10 @@ import (
 
 	"github.com/ambient-lite/ambient-lite/pkg/hbone"
 	"github.com/ambient-lite/ambient-lite/pkg/identity"
+	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
 	"github.com/ambient-lite/ambient-lite/pkg/mtls"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/metrics"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/socket"
-	"github.com/ambient-lite/ambient-lite/ztunnel/internal/state"
 )
 
 // hboneSide holds the pooled HBONE client and the HBONE server.
@@ -154,7 +154,7 @@ func (s *scope) handleOutbound(c net.Conn, self netip.AddrPort) {
 	var up net.Conn
 	ctx, cancel := s.dialTimeout()
 	defer cancel()
-	if r.Kind == state.HBONE {
+	if r.Kind == meshstate.HBONE {
 		up, err = s.dialHBONE(ctx, d.Source, src, r)
 	} else {
 		up, err = s.dial(ctx, r.Target)
@@ -168,12 +168,12 @@ func (s *scope) handleOutbound(c net.Conn, self netip.AddrPort) {
 	if d.Source != nil {
 		srcID = d.Source.Identity
 	}
-	rec := p.opts.Metrics.Open(connLabels(metrics.ReporterSource, d.Source, srcID, r.Workload, r.Service, r.Kind == state.HBONE))
+	rec := p.opts.Metrics.Open(connLabels(metrics.ReporterSource, d.Source, srcID, r.Workload, r.Service, r.Kind == meshstate.HBONE))
 	defer rec.Close()
 	_, _, _ = Pipe(c, up, rec.Received, rec.Sent)
 }
 
-func (s *scope) dialHBONE(ctx context.Context, srcW *state.Workload, srcAddr netip.AddrPort, r state.Route) (net.Conn, error) {
+func (s *scope) dialHBONE(ctx context.Context, srcW *meshstate.Workload, srcAddr netip.AddrPort, r meshstate.Route) (net.Conn, error) {
 	p := s.p
 	src := srcW.Identity
 	cfg, err := mtls.ClientConfig(p.opts.Certs.GetClientCertificateFunc(src), p.opts.Roots, r.Identities...)

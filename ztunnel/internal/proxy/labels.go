@@ -2,13 +2,13 @@ package proxy
 
 import (
 	"github.com/ambient-lite/ambient-lite/pkg/identity"
+	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/metrics"
-	"github.com/ambient-lite/ambient-lite/ztunnel/internal/state"
 )
 
 // connLabels fills Istio's TCP metric labels from what ztunnel knows of both ends. Any of
 // src, dst and svc may be nil; srcID is the verified peer identity when src is unknown.
-func connLabels(reporter string, src *state.Workload, srcID identity.ID, dst *state.Workload, svc *state.Service, mtls bool) metrics.Labels {
+func connLabels(reporter string, src *meshstate.Workload, srcID identity.ID, dst *meshstate.Workload, svc *meshstate.Service, mtls bool) metrics.Labels {
 	l := metrics.Labels{Reporter: reporter, RequestProtocol: "tcp", ConnectionSecurityPolicy: metrics.Unknown}
 	if mtls {
 		l.ConnectionSecurityPolicy = metrics.MutualTLS

@@ -13,10 +13,10 @@ import (
 	"time"
 
 	"github.com/ambient-lite/ambient-lite/pkg/identity"
+	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
 	"github.com/ambient-lite/ambient-lite/pkg/secrets"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/metrics"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/socket"
-	"github.com/ambient-lite/ambient-lite/ztunnel/internal/state"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -25,7 +25,7 @@ type Options struct {
 	// Node is this ztunnel's node: it serves the workloads bound to it.
 	Node string
 	// State returns the current snapshot.
-	State func() *state.Snapshot
+	State func() *meshstate.Snapshot
 	// Certs issues the certificates of local workload identities.
 	Certs *secrets.Manager
 	// Roots are the mesh trust anchors.

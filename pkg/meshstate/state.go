@@ -1,12 +1,12 @@
-// Package state is ztunnel's read model of the mesh: the workloads and services it knows,
-// indexed by IP, uid and hostname, held in immutable snapshots that one writer replaces
-// atomically and any number of proxy goroutines read without locks. The routing decisions
-// (route.go) are pure functions over a snapshot.
+// Package meshstate is the data plane's read model of the mesh, shared by ztunnel and the
+// waypoint: the workloads and services they know, indexed by IP, uid and hostname, held in
+// immutable snapshots that one writer replaces atomically and any number of proxy goroutines
+// read without locks. The routing decisions (route.go) are pure functions over a snapshot.
 //
 // It is not an xDS client or a file loader: those feed it through Store.Apply. It imports
 // Istio's workload API types (istio.workload.Workload and Service), the wire contract with
 // the control plane.
-package state
+package meshstate
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-package state
+package meshstate
 
 import (
 	"errors"
@@ -7,21 +7,26 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ambient-lite/ambient-lite/ztunnel/internal/localconfig"
+	"google.golang.org/protobuf/encoding/protojson"
 	"istio.io/istio/pkg/workloadapi"
 )
 
 func load(t *testing.T) *Store {
 	t.Helper()
-	b, err := os.ReadFile("../localconfig/testdata/two-nodes.yaml")
+	// ztunnel's local config example (ztunnel/internal/localconfig/testdata/two-nodes.yaml)
+	// as protojson, one Address per line.
+	b, err := os.ReadFile("testdata/two-nodes.jsonl")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := localconfig.Parse(b)
-	if err != nil {
-		t.Fatal(err)
+	var addrs []*workloadapi.Address
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		a := &workloadapi.Address{}
+		if err := protojson.Unmarshal([]byte(line), a); err != nil {
+			t.Fatal(err)
+		}
+		addrs = append(addrs, a)
 	}
-	addrs := cfg.Addresses
 	s := NewStore("cluster.local")
 	if err := s.Apply(addrs, nil); err != nil {
 		t.Fatal(err)
