@@ -58,7 +58,7 @@ func TestOutbound(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r, err := snap.Outbound(netip.MustParseAddrPort(tt.dst), first)
+			r, err := snap.Direct(netip.MustParseAddrPort(tt.dst), first)
 			if tt.err != nil {
 				if !errors.Is(err, tt.err) {
 					t.Fatalf("err = %v, want %v", err, tt.err)
@@ -94,7 +94,7 @@ func TestOutboundSkipsUnhealthyAndBalances(t *testing.T) {
 	}
 	seen := map[string]bool{}
 	for i := range 4 {
-		r, err := s.Snapshot().Outbound(netip.MustParseAddrPort("10.96.0.20:80"), func(n int) int { return i % n })
+		r, err := s.Snapshot().Direct(netip.MustParseAddrPort("10.96.0.20:80"), func(n int) int { return i % n })
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -107,7 +107,7 @@ func TestOutboundSkipsUnhealthyAndBalances(t *testing.T) {
 	if err := s.Apply(nil, []string{"cluster1//Pod/default/echo-1", "cluster1//Pod/default/echo-3"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Snapshot().Outbound(netip.MustParseAddrPort("10.96.0.20:80"), func(int) int { return 0 }); !errors.Is(err, ErrNoEndpoints) {
+	if _, err := s.Snapshot().Direct(netip.MustParseAddrPort("10.96.0.20:80"), func(int) int { return 0 }); !errors.Is(err, ErrNoEndpoints) {
 		t.Errorf("with only an unhealthy endpoint: err = %v, want ErrNoEndpoints", err)
 	}
 }
