@@ -43,21 +43,60 @@ type inboundDecision struct {
 	Reason string
 }
 
-// decideInbound checks an inbound connection for target (the HBONE :authority, or the
-// original destination of a plaintext connection) against the node's workloads and policy.
-func decideInbound(snap *meshstate.Snapshot, node string, target netip.AddrPort, source identity.ID, sourceIP netip.Addr, authz Authorizer) inboundDecision {
-	target = netip.AddrPortFrom(target.Addr().Unmap(), target.Port())
-	w, ok := snap.WorkloadByIP(target.Addr())
+// inboundRequest is what ztunnel knows of one inbound stream or plaintext connection.
+type inboundRequest struct {
+	// Target is where the client wants to go: the HBONE :authority, or the original
+	// destination of a plaintext connection.
+	Target netip.AddrPort
+	// Local is the address the connection itself reached: the pod's IP in in-pod mode, a
+	// node address when captured on the node. If it is a workload's, the stream must be for
+	// that workload, or for a service or workload whose waypoint it is.
+	Local netip.Addr
+	// Source is the peer's verified identity (zero for plaintext), SourceIP its address.
+	Source   identity.ID
+	SourceIP netip.Addr
+}
+
+// decideInbound checks an inbound connection against the node's workloads and policy. The
+// destination is the workload at Target, except in Istio's "waypoint sandwich": a stream
+// that reached a waypoint's own pod (Local) for a Service VIP or pod it is the waypoint of
+// goes to that waypoint pod on the port asked for. Policy applies with the verified peer as
+// the source, so traffic a waypoint forwards is authorized as the waypoint's identity.
+func decideInbound(snap *meshstate.Snapshot, node string, in inboundRequest, authz Authorizer) inboundDecision {
+	target := netip.AddrPortFrom(in.Target.Addr().Unmap(), in.Target.Port())
+	destIP := target.Addr()
+	if local := in.Local.Unmap(); local != destIP {
+		if lw, ok := snap.WorkloadByIP(local); ok {
+			if !snap.IsWaypointFor(destIP, lw) {
+				return inboundDecision{Status: http.StatusBadRequest, Reason: fmt.Sprintf("stream for %s arrived on a connection to workload %s (%s), which is not its waypoint", target, lw.Uid, local)}
+			}
+			destIP = local
+		}
+	}
+	w, ok := snap.WorkloadByIP(destIP)
 	if !ok || w.GetNode() != node {
-		return inboundDecision{Status: http.StatusBadRequest, Reason: fmt.Sprintf("%s is not a workload on node %s", target.Addr(), node)}
+		return inboundDecision{Status: http.StatusBadRequest, Reason: fmt.Sprintf("%s is not a workload on node %s", destIP, node)}
 	}
 	if w.GetTunnelProtocol() != workloadapi.TunnelProtocol_HBONE {
 		return inboundDecision{Status: http.StatusBadRequest, Reason: fmt.Sprintf("workload %s is not in the mesh", w.Uid)}
 	}
-	if err := authz.Authorize(Conn{Source: source, SourceIP: sourceIP.Unmap(), Dest: w, DestIP: target.Addr(), DestPort: target.Port()}); err != nil {
+	if err := authz.Authorize(Conn{Source: in.Source, SourceIP: in.SourceIP.Unmap(), Dest: w, DestIP: destIP, DestPort: target.Port()}); err != nil {
 		return inboundDecision{Workload: w, Status: http.StatusUnauthorized, Reason: err.Error()}
 	}
-	return inboundDecision{Workload: w, Target: target, Status: http.StatusOK}
+	return inboundDecision{Workload: w, Target: netip.AddrPortFrom(destIP, target.Port()), Status: http.StatusOK}
+}
+
+// inboundSource is the source workload of an HBONE stream for metrics: the client the
+// forwarded header names, else the connection's peer, and only if its identity is the
+// verified one (through a waypoint, forwarded may name the original client while the
+// peer, and the policy's source, is the waypoint).
+func inboundSource(snap *meshstate.Snapshot, peer identity.ID, forwardedFor, remote netip.Addr) *meshstate.Workload {
+	for _, ip := range []netip.Addr{forwardedFor, remote} {
+		if w := snap.WorkloadByIPOrNil(ip); w != nil && w.Identity == peer {
+			return w
+		}
+	}
+	return nil
 }
 
 // outboundDecision is where one captured outbound connection goes.
@@ -66,17 +105,13 @@ type outboundDecision struct {
 	Source *meshstate.Workload // nil if the client is not a known workload
 }
 
-// decideOutbound routes a connection from src to its original destination dst. A
-// connection that must go over HBONE needs a known source workload on this node: its
-// identity is the one ztunnel presents. In in-pod mode self lists the uids the pod's
-// workload may have, tried first; otherwise (or if none is on this node) src's address
-// names the source.
+// decideOutbound routes a connection from src to its original destination dst, through
+// the destination's waypoint if it has one (meshstate.Snapshot.Outbound). A connection that
+// must go over HBONE needs a known source workload on this node: its identity is the one
+// ztunnel presents. In in-pod mode self lists the uids the pod's workload may have, tried
+// first; otherwise (or if none is on this node) src's address names the source.
 func decideOutbound(snap *meshstate.Snapshot, node string, self []string, src, dst netip.AddrPort, pick func(int) int) (outboundDecision, error) {
-	route, err := snap.Outbound(dst, pick)
-	if err != nil {
-		return outboundDecision{}, err
-	}
-	d := outboundDecision{Route: route}
+	var d outboundDecision
 	for _, uid := range self {
 		if w, ok := snap.Workload(uid); ok && w.GetNode() == node {
 			d.Source = w
@@ -88,6 +123,11 @@ func decideOutbound(snap *meshstate.Snapshot, node string, self []string, src, d
 			d.Source = w
 		}
 	}
+	route, err := snap.Outbound(d.Source, dst, pick)
+	if err != nil {
+		return outboundDecision{}, err
+	}
+	d.Route = route
 	if route.Kind == meshstate.HBONE && d.Source == nil {
 		return outboundDecision{}, fmt.Errorf("source %s is not a workload on node %s, so it has no identity to tunnel to %s with", src.Addr(), node, dst)
 	}

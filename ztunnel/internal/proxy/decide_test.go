@@ -60,7 +60,8 @@ func TestDecideInbound(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d := decideInbound(snap, tt.node, netip.MustParseAddrPort(tt.target), sleep, src, tt.authz)
+			target := netip.MustParseAddrPort(tt.target)
+			d := decideInbound(snap, tt.node, inboundRequest{Target: target, Local: target.Addr(), Source: sleep, SourceIP: src}, tt.authz)
 			if d.Status != tt.status || !strings.Contains(d.Reason, tt.reason) {
 				t.Errorf("decision = %d %q, want %d containing %q", d.Status, d.Reason, tt.status, tt.reason)
 			}

@@ -93,12 +93,9 @@ func (p *Proxy) serverCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate,
 func (s *scope) handleHBONE(ctx context.Context, req *hbone.Request) (net.Conn, error) {
 	p := s.p
 	snap := p.opts.State()
-	// The stream must be for the workload the connection was addressed to, unless the
-	// connection reached ztunnel on a node address (captured on the node, not in the pod).
-	if local, ok := snap.WorkloadByIP(req.LocalAddr.Addr()); ok && req.LocalAddr.Addr().Unmap() != req.Target.Addr().Unmap() {
-		return nil, hbone.Reject(http.StatusBadRequest, fmt.Errorf("stream for %s arrived on a connection to workload %s (%s)", req.Target, local.Uid, req.LocalAddr))
-	}
-	d := decideInbound(snap, p.opts.Node, req.Target, req.Peer, req.RemoteAddr.Addr(), p.opts.Authorizer)
+	d := decideInbound(snap, p.opts.Node, inboundRequest{
+		Target: req.Target, Local: req.LocalAddr.Addr(), Source: req.Peer, SourceIP: req.RemoteAddr.Addr(),
+	}, p.opts.Authorizer)
 	if d.Status != http.StatusOK {
 		s.log.Debug("hbone stream refused", "peer", req.Peer, "target", req.Target, "status", d.Status, "reason", d.Reason)
 		return nil, hbone.Reject(d.Status, errors.New(d.Reason))
@@ -109,7 +106,7 @@ func (s *scope) handleHBONE(ctx context.Context, req *hbone.Request) (net.Conn, 
 	if err != nil {
 		return nil, hbone.Reject(http.StatusServiceUnavailable, fmt.Errorf("connecting to %s: %w", d.Target, err))
 	}
-	src := snap.WorkloadByIPOrNil(clientIP(req))
+	src := inboundSource(snap, req.Peer, clientIP(req), req.RemoteAddr.Addr())
 	rec := p.opts.Metrics.Open(connLabels(metrics.ReporterDestination, src, req.Peer, d.Workload, nil, true))
 	return &countedConn{Conn: up, rec: rec}, nil
 }
@@ -185,12 +182,26 @@ func (s *scope) dialHBONE(ctx context.Context, srcW *meshstate.Workload, srcAddr
 			Source: src, Destinations: hbone.IdentitySet(r.Identities...),
 			SourceIP: srcAddr.Addr(), DestinationIP: r.Dial.Addr(),
 		},
-		Address: r.Dial, Target: r.Target, TLS: cfg, Source: srcAddr, Baggage: baggage(srcW),
+		Address: r.Dial, Target: r.Target, TLS: cfg, Baggage: baggage(srcW), Header: forwarded(srcAddr, r.Service),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dialing %s via hbone at %s: %w", r.Target, r.Dial, err)
 	}
 	return st, nil
+}
+
+// forwarded is the forwarded header of an outbound stream, as Istio's ztunnel sends it:
+// the client, and the service it dialled if any (so a waypoint, or the destination's
+// metrics, know the service even when the :authority is a pod address).
+func forwarded(client netip.AddrPort, svc *meshstate.Service) http.Header {
+	f := hbone.Forwarded{For: client}
+	if svc != nil {
+		f.Host = svc.GetHostname()
+	}
+	if v := f.String(); v != "" {
+		return http.Header{hbone.HeaderForwarded: {v}}
+	}
+	return nil
 }
 
 // countedConn is an upstream connection of an HBONE stream that records its bytes: what is

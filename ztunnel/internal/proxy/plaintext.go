@@ -27,7 +27,7 @@ func (s *scope) handlePlaintext(c net.Conn, listenerPort uint16) {
 		return
 	}
 	src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
-	d := decideInbound(p.opts.State(), p.opts.Node, dst, identity.ID{}, src.Addr(), p.opts.Authorizer)
+	d := decideInbound(p.opts.State(), p.opts.Node, inboundRequest{Target: dst, Local: dst.Addr(), SourceIP: src.Addr()}, p.opts.Authorizer)
 	if d.Status != http.StatusOK {
 		s.log.Debug("inbound plaintext refused", "src", src, "dst", dst, "reason", d.Reason)
 		return
