@@ -664,6 +664,10 @@ type Skipped struct {
 // Policies translates every AuthorizationPolicy and PeerAuthentication into the
 // Authorizations istiod would serve, sorted by key ("namespace/name"), plus the static STRICT
 // policy when any PeerAuthentication exists, and lists the policies skipped with the reason.
+//
+// A policy with targetRef(s) is the waypoint's (ErrWaypointPolicy): as istiod does for
+// ztunnel, it yields nothing, whatever its rules, and is not listed as skipped either, since
+// nothing is wrong with it.
 func Policies(aps []*securityclient.AuthorizationPolicy, pas []*securityclient.PeerAuthentication, opts PolicyOptions) ([]*security.Authorization, []Skipped) {
 	var (
 		out     []*security.Authorization
@@ -671,6 +675,9 @@ func Policies(aps []*securityclient.AuthorizationPolicy, pas []*securityclient.P
 	)
 	for _, ap := range aps {
 		a, err := AuthorizationPolicy(ap, opts)
+		if errors.Is(err, ErrWaypointPolicy) {
+			continue
+		}
 		if err != nil {
 			skipped = append(skipped, Skipped{Policy: "AuthorizationPolicy " + ap.Namespace + "/" + ap.Name, Reason: err.Error()})
 			continue

@@ -34,7 +34,7 @@ func TestPolicyGolden(t *testing.T) {
 		{name: "l7-allow-rule-dropped"},
 		{name: "l7-deny-rule-fails-closed-matches-all"},
 		{name: "audit-custom-skipped"},
-		{name: "target-refs-skipped"},
+		{name: "target-refs-waypoint"},
 		{name: "dry-run-disabled"},
 		{name: "dry-run-enabled", opts: PolicyOptions{DryRun: true}},
 		{name: "custom-root-namespace", opts: PolicyOptions{RootNamespace: "mesh-root"}},

@@ -15,7 +15,8 @@ const annotationTrafficDistribution = "networking.istio.io/traffic-distribution"
 // <name>.<namespace>.svc.<DomainSuffix>, its cluster IPs (none when headless), its ports with
 // numeric target ports (0 for a named one, which each Workload resolves) and Istio's
 // application protocol, its IP families, and load balancing from internalTrafficPolicy,
-// trafficDistribution and publishNotReadyAddresses. Waypoints are not resolved here.
+// trafficDistribution and publishNotReadyAddresses. Its waypoint is set by
+// BindServiceWaypoint.
 //
 // It returns false for ExternalName Services, which ambient does not implement, and for a
 // Service whose cluster IP does not parse.

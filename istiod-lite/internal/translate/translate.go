@@ -1,14 +1,14 @@
-// Package translate turns Kubernetes Namespaces, Pods, Services, Nodes (locality) and
-// EndpointSlices into Istio's workload API (istio.workload.Workload and
-// istio.workload.Service), and AuthorizationPolicy and
-// PeerAuthentication into istio.security.Authorization, field for field as istiod's ambient
+// Package translate turns Kubernetes Namespaces, Pods, Services, Nodes (locality),
+// EndpointSlices and Gateway API Gateways (waypoints, see waypoint.go) into Istio's workload
+// API (istio.workload.Workload and istio.workload.Service, with their waypoint field), and
+// AuthorizationPolicy and PeerAuthentication into istio.security.Authorization, field for field as istiod's ambient
 // index does (pilot/pkg/serviceregistry/ambient), so that ztunnel cannot tell the difference
 // — except that a ztunnel-enforced policy with L7-only attributes fails closed for DENY as
 // well as ALLOW (see policy.go).
 //
 // It is pure translation: no informers, no client, no xDS, no logging. The istiod-lite
 // controller watches the objects, feeds them in and serves the results; only istiod-lite
-// imports it. Waypoints and network gateways are not translated here.
+// imports it. Network gateways and the waypoint's own L7 configuration are not translated here.
 package translate
 
 import (

@@ -17,6 +17,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -48,6 +49,10 @@ func TestGolden(t *testing.T) {
 		{name: "endpointslice-named-ports"},
 		{name: "endpointslice-ipv6", opts: Options{ClusterID: "cluster1", TrustDomain: "example.org", Network: "net1"}},
 		{name: "endpointslice-selector-service"},
+		{name: "waypoint-namespace"},
+		{name: "waypoint-traffic-types"},
+		{name: "waypoint-cross-namespace"},
+		{name: "waypoint-inbound-binding", opts: Options{Network: "net1"}},
 		{name: "custom-options", opts: Options{
 			ClusterID: "cluster1", TrustDomain: "example.org", DomainSuffix: "mesh.example", Network: "net1",
 		}},
@@ -77,12 +82,14 @@ type objects struct {
 	pods       []*corev1.Pod
 	services   []*corev1.Service
 	slices     []*discoveryv1.EndpointSlice
+	gateways   []*gatewayv1.Gateway
+	classes    map[string]*gatewayv1.GatewayClass
 }
 
 var docSeparator = regexp.MustCompile(`(?m)^---\s*$`)
 
 func decodeObjects(in []byte) (objects, error) {
-	objs := objects{namespaces: map[string]*corev1.Namespace{}, nodes: map[string]*corev1.Node{}}
+	objs := objects{namespaces: map[string]*corev1.Namespace{}, nodes: map[string]*corev1.Node{}, classes: map[string]*gatewayv1.GatewayClass{}}
 	err := decodeDocs(in, func(kind string, doc []byte) error {
 		switch kind {
 		case "Namespace":
@@ -107,6 +114,15 @@ func decodeObjects(in []byte) (objects, error) {
 			svc := &corev1.Service{}
 			objs.services = append(objs.services, svc)
 			return yaml.UnmarshalStrict(doc, svc)
+		case "Gateway":
+			gw := &gatewayv1.Gateway{}
+			objs.gateways = append(objs.gateways, gw)
+			return yaml.UnmarshalStrict(doc, gw)
+		case "GatewayClass":
+			gc := &gatewayv1.GatewayClass{}
+			err := yaml.UnmarshalStrict(doc, gc)
+			objs.classes[gc.Name] = gc
+			return err
 		}
 		return fmt.Errorf("unsupported kind %q", kind)
 	})
@@ -131,17 +147,35 @@ func decodeDocs(in []byte, decode func(kind string, doc []byte) error) error {
 	return nil
 }
 
+// waypointsOf translates the Gateways; problems are prefixed with the Gateway's key.
+func waypointsOf(objs objects, opts Options) (Waypoints, []string) {
+	wps := Waypoints{}
+	var problems []string
+	for _, gw := range objs.gateways {
+		w, ps := GatewayWaypoint(gw, objs.classes[string(gw.Spec.GatewayClassName)], opts)
+		for _, p := range ps {
+			problems = append(problems, "Gateway "+gw.Namespace+"/"+gw.Name+": "+p)
+		}
+		if w != nil {
+			wps[w.Key()] = w
+		}
+	}
+	return wps, problems
+}
+
 func translateAll(objs objects, opts Options) []*workloadapi.Address {
 	var services, workloads []*workloadapi.Address
+	wps, _ := waypointsOf(objs, opts)
 	for _, svc := range objs.services {
 		if s, ok := Service(svc, opts); ok {
+			_ = BindServiceWaypoint(s, svc, objs.namespaces[svc.Namespace], wps)
 			services = append(services, &workloadapi.Address{Type: &workloadapi.Address_Service{Service: s}})
 		}
 	}
 	for _, pod := range objs.pods {
 		in := PodInputs{
 			Pod: pod, Namespace: objs.namespaces[pod.Namespace], Node: objs.nodes[pod.Spec.NodeName],
-			Services: objs.services, EndpointSlices: objs.slices,
+			Services: objs.services, EndpointSlices: objs.slices, Waypoints: wps,
 		}
 		if w, ok := Workload(in, opts); ok {
 			workloads = append(workloads, &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: w}})

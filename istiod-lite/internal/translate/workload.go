@@ -28,10 +28,14 @@ type PodInputs struct {
 	// this pod (namespace, name and UID) adds that Service, as istiod does for Services without
 	// a selector whose endpoints name pods.
 	EndpointSlices []*discoveryv1.EndpointSlice
+	// Waypoints are the usable waypoints, which give the waypoint and application_tunnel
+	// fields (see WorkloadWaypoint); nil means none.
+	Waypoints Waypoints
 }
 
 // Workload translates an ambient pod into the Workload istiod would send for it, with the
-// services map filled from in.Services and in.EndpointSlices and the locality from in.Node.
+// services map filled from in.Services and in.EndpointSlices, the locality from in.Node, and
+// the waypoint and application tunnel from in.Waypoints.
 //
 // It returns false when the pod is not in the mesh (see InMesh), has finished (Succeeded or
 // Failed), or has no valid IP yet.
@@ -75,6 +79,9 @@ func Workload(in PodInputs, opts Options) (*workloadapi.Workload, bool) {
 	}
 	w.CanonicalName, w.CanonicalRevision = canonicalService(pod.Labels, w.WorkloadName)
 	w.TunnelProtocol, w.NativeTunnel = tunnel(pod)
+	// A waypoint the pod asks for and cannot use is not an error here: istiod only logs it.
+	wp, appTunnel, _ := WorkloadWaypoint(pod, in.Namespace, in.Waypoints)
+	w.Waypoint, w.ApplicationTunnel = wp.GetAddress(), appTunnel
 	return w, true
 }
 
