@@ -192,9 +192,10 @@ func (s *scope) dialHBONE(ctx context.Context, srcW *meshstate.Workload, srcAddr
 
 // forwarded is the forwarded header of an outbound stream, as Istio's ztunnel sends it:
 // the client, and the service it dialled if any (so a waypoint, or the destination's
-// metrics, know the service even when the :authority is a pod address).
+// metrics, know the service even when the :authority is a pod address). An IPv4 client
+// accepted on a dual-stack listener is named as IPv4.
 func forwarded(client netip.AddrPort, svc *meshstate.Service) http.Header {
-	f := hbone.Forwarded{For: client}
+	f := hbone.Forwarded{For: netip.AddrPortFrom(client.Addr().Unmap(), client.Port())}
 	if svc != nil {
 		f.Host = svc.GetHostname()
 	}

@@ -167,7 +167,7 @@ func TestWaypointLabels(t *testing.T) {
 	if got, want := forwarded(netip.MustParseAddrPort("10.10.1.2:40000"), r.Service).Get("Forwarded"), `for="10.10.1.2:40000";host=echo.default.svc.cluster.local`; got != want {
 		t.Errorf("forwarded = %q, want %q", got, want)
 	}
-	if got := forwarded(netip.MustParseAddrPort("10.10.1.2:40000"), nil).Get("Forwarded"); got != `for="10.10.1.2:40000"` {
+	if got := forwarded(netip.MustParseAddrPort("[::ffff:10.10.1.2]:40000"), nil).Get("Forwarded"); got != `for="10.10.1.2:40000"` {
 		t.Errorf("forwarded without service = %q", got)
 	}
 }
