@@ -323,4 +323,3 @@ func isManaged(labels map[string]string) bool {
 	_, ok := labels[LabelManaged]
 	return ok
 }
-
