@@ -26,8 +26,10 @@ func (p protocol) String() string { return [...]string{"sniff", "http", "tcp"}[p
 // plan is the decision for one CONNECT, before any byte of the stream is read.
 type plan struct {
 	Proto protocol
-	// H2Upstream: the Service port speaks HTTP/2 (HTTP2, GRPC): talk h2c upstream.
-	H2Upstream bool
+	// H2Upstream: the Service port speaks HTTP/2 (HTTP2, GRPC): talk h2c upstream. Unless
+	// the port names its protocol (SameUpstream false), upstream uses the downstream's.
+	H2Upstream   bool
+	SameUpstream bool
 	// Key names the route configuration; Table and VHost are its compiled form and the
 	// virtual host of the target port.
 	Key   string
@@ -78,10 +80,10 @@ func decide(snap *meshstate.Snapshot, tables l7config.Tables, gatewayKey string,
 		case workloadapi.AppProtocol_TCP, workloadapi.AppProtocol_TLS:
 			p.Proto = protoTCP
 		default:
-			p.Proto = protoSniff
+			p.Proto, p.SameUpstream = protoSniff, true
 		}
 	} else if w, ok := snap.WorkloadByIP(target.Addr()); ok {
-		p.Workload, p.Key, p.Proto = w, gatewayKey, protoSniff
+		p.Workload, p.Key, p.Proto, p.SameUpstream = w, gatewayKey, protoSniff, true
 	} else {
 		return p, refuse(http.StatusBadRequest, "%s is neither a known service nor a known workload", target)
 	}
