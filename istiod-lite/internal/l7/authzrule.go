@@ -17,8 +17,8 @@ import (
 	rbacpb "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
-	"istio.io/api/security/v1beta1"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+	"istio.io/api/security/v1beta1"
 )
 
 // ErrUnsupported is wrapped by errors naming a policy attribute the waypoint does not

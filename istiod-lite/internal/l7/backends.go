@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"strings"
 
-	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"k8s.io/apimachinery/pkg/types"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
 
 // invalidDomain is the reserved top-level domain (RFC 2606) under which backends of an
@@ -51,8 +51,9 @@ func resolveBackend(in Input, ref gatewayv1.BackendObjectReference, ns string) (
 		return cluster, &i
 	}
 	if ref.Port == nil {
+		// The CRD requires it; without a port there is no cluster to name.
 		i := refIssue(gatewayv1.RouteReasonBackendNotFound, "backendRef %s/%s: port is required for a Service", ns, ref.Name)
-		return ClusterName(svc.Hostname, 0), &i
+		return "", &i
 	}
 	return ClusterName(svc.Hostname, port), nil
 }

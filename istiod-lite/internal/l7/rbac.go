@@ -2,7 +2,8 @@ package l7
 
 // L7 AuthorizationPolicies → the RBACPerRoute configurations of a virtual host, as istiod's
 // authz builder does for a waypoint: one RBAC per action, one Policy per rule, named
-// ns[<ns>]-policy[<name>]-rule[<i>]; istio.io/dry-run policies go in shadow_rules.
+// ns[<ns>]-policy[<name>]-rule[<i>]; istio.io/dry-run policies go in shadow_rules beside the
+// enforced policies of the same action (and are left out when there are none).
 
 import (
 	"fmt"
@@ -199,7 +200,9 @@ func (a *authorizer) perFilter(applies func(*compiledPolicy) bool) map[string]*a
 	out := map[string]*anypb.Any{}
 	for action, key := range map[rbacpb.RBAC_Action]string{rbacpb.RBAC_DENY: FilterKeyDeny, rbacpb.RBAC_ALLOW: FilterKeyAllow, rbacpb.RBAC_LOG: FilterKeyAudit} {
 		r := byAction[action]
-		if r == nil {
+		if r == nil || r.enforce == nil {
+			// Dry-run policies alone enforce nothing: no key (an ALLOW key without rules
+			// would deny everything).
 			continue
 		}
 		cfg := &rbachttp.RBAC{Rules: r.enforce, ShadowRules: r.shadow}

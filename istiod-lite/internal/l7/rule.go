@@ -165,6 +165,9 @@ func setBackends(in Input, ns string, refs []gatewayv1.HTTPBackendRef, rt *route
 		cluster, bad := resolveBackend(in, ref.BackendObjectReference, ns)
 		if bad != nil {
 			*issues = append(*issues, *bad)
+			if cluster == "" {
+				return false
+			}
 		} else {
 			resolved++
 		}

@@ -4,6 +4,7 @@ package l7
 // pilot/pkg/config/kube/gateway/conditions.go.
 
 import (
+	"strconv"
 	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -49,7 +50,7 @@ func HTTPRouteStatus(r *gatewayv1.HTTPRoute, services map[types.NamespacedName]S
 		if p.Port != nil {
 			port = int32(*p.Port)
 		}
-		id := key.String() + "|" + string(ptrOr(p.SectionName)) + "|" + string(rune(port))
+		id := key.String() + "|" + string(ptrOr(p.SectionName)) + "|" + strconv.Itoa(int(port))
 		if seen[id] {
 			continue
 		}
