@@ -4,6 +4,7 @@ package l7
 
 import (
 	"cmp"
+	"slices"
 	"strings"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -61,3 +62,6 @@ func boolRank(b bool) int {
 	}
 	return 0
 }
+
+// sortEntries orders the routes of one virtual host by comparePrecedence.
+func sortEntries(es []entry) { slices.SortStableFunc(es, comparePrecedence) }

@@ -5,7 +5,6 @@ package l7
 
 import (
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -41,7 +40,7 @@ func (rt *router) serviceConfig(svc Service, perFilter map[string]*anypb.Any) *r
 			entries = append(entries, es...)
 			rt.record(r, issues)
 		}
-		slices.SortStableFunc(entries, comparePrecedence)
+		sortEntries(entries)
 		vh := &routev3.VirtualHost{
 			Name:                 svc.Hostname + ":" + strconv.Itoa(int(port)),
 			Domains:              domains(svc, port),
