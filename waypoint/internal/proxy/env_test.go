@@ -138,7 +138,10 @@ func newEnv(t *testing.T, addrs []*workloadapi.Address) *env {
 
 type tWriter struct{ t *testing.T }
 
-func (w tWriter) Write(b []byte) (int, error) { w.t.Log(strings.TrimSpace(string(b))); return len(b), nil }
+func (w tWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(b)))
+	return len(b), nil
+}
 
 // backend starts an HTTP server named name for the workload at podIP, behind a fake
 // ztunnel presenting ident.

@@ -126,9 +126,9 @@ func reviewsRoutes(t *testing.T) *routev3.RouteConfiguration {
 					{Name: v1, Weight: wrapperspb.UInt32(80)}, {Name: v2, Weight: wrapperspb.UInt32(20)}}}}}}},
 	}
 	return &routev3.RouteConfiguration{Name: "ns1/reviews.ns1.svc.cluster.local", VirtualHosts: []*routev3.VirtualHost{{
-		Name:    "reviews.ns1.svc.cluster.local:9080",
-		Domains: []string{"reviews.ns1.svc.cluster.local", "reviews.ns1.svc.cluster.local:9080", "reviews"},
-		Routes:  routes,
+		Name:                 "reviews.ns1.svc.cluster.local:9080",
+		Domains:              []string{"reviews.ns1.svc.cluster.local", "reviews.ns1.svc.cluster.local:9080", "reviews"},
+		Routes:               routes,
 		TypedPerFilterConfig: map[string]*anypb.Any{"istio.authz.deny": deny, "istio.authz.allow": allow},
 	}}}
 }
