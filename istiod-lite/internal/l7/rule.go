@@ -145,7 +145,8 @@ func ruleTemplate(in Input, ns string, rule gatewayv1.HTTPRouteRule, port int32)
 // setBackends sets the cluster or weighted clusters of action; per-backend header filters go
 // on the route for a single backend and on its ClusterWeight otherwise. Backends of weight 0
 // are left out. It returns false if the rule must answer 500: no backend of positive
-// weight, every one unresolved, or a backend filter that cannot be translated.
+// weight, every one unresolved, a Service backend without port (the CRD requires one), or a
+// backend filter that cannot be translated.
 func setBackends(in Input, ns string, refs []gatewayv1.HTTPBackendRef, rt *routev3.Route, action *routev3.RouteAction, issues *[]issue) bool {
 	type backend struct {
 		weight   uint32
