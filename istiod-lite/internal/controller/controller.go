@@ -1,6 +1,6 @@
 // Package controller is istiod-lite's xDS glue: it watches Namespaces, Nodes, Pods,
-// Services, EndpointSlices, AuthorizationPolicies and PeerAuthentications through
-// informers, retranslates only what each change touches into istio.workload.Address and
+// Services, EndpointSlices, AuthorizationPolicies, PeerAuthentications, and Gateway API
+// Gateways and GatewayClasses (waypoints) through informers, retranslates only what each change touches into istio.workload.Address and
 // istio.security.Authorization resources with the pure translate package (at most one flush
 // per debounce period; a change after a quiet period at once), and serves them to pkg/xds
 // as Sources, pushing only the names that changed. It is not the xDS protocol (pkg/xds) nor
@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +28,8 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
+	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
+	gatewaylisters "sigs.k8s.io/gateway-api/pkg/client/listers/apis/v1"
 )
 
 // Type URLs of the resources the controller serves (Istio's).
@@ -54,6 +57,12 @@ type Options struct {
 	// Istio provides the AuthorizationPolicy and PeerAuthentication informers. Required; the
 	// caller starts it (after New) and shuts it down.
 	Istio istioinformers.SharedInformerFactory
+	// Gateway provides the Gateway API v1 Gateway and GatewayClass informers, from which the
+	// waypoints are found (see translate.GatewayWaypoint). The caller starts it (after New)
+	// and shuts it down; the Gateway API CRDs must be installed (the informers sync before
+	// the first snapshot). If nil, no waypoint is known: no Service or Workload gets the
+	// waypoint field.
+	Gateway gatewayinformers.SharedInformerFactory
 	// Translate are the mesh settings of workloads and services. The zero value is Istio's
 	// default single-cluster mesh.
 	Translate translate.Options
@@ -84,7 +93,10 @@ type Controller struct {
 	slicesBy   cache.Indexer
 	authzs     securitylisters.AuthorizationPolicyLister
 	peerAuths  securitylisters.PeerAuthenticationLister
-	synced     []cache.InformerSynced
+	// gateways and gatewayClasses are nil without Options.Gateway.
+	gateways       gatewaylisters.GatewayLister
+	gatewayClasses gatewaylisters.GatewayClassLister
+	synced         []cache.InformerSynced
 
 	kick  chan struct{}
 	ready chan struct{}
@@ -137,15 +149,12 @@ func New(opts Options) (*Controller, error) {
 	if err := slices.Informer().AddIndexers(cache.Indexers{indexService: sliceService, indexPod: slicePods}); err != nil {
 		return nil, fmt.Errorf("indexing endpoint slices: %w", err)
 	}
-	handlers := []struct {
+	type watch struct {
 		inf  cache.SharedIndexInformer
 		mark func(d *dirty, old, obj any)
-	}{
-		{core.Namespaces().Informer(), func(d *dirty, _, obj any) {
-			if ns, ok := obj.(*corev1.Namespace); ok {
-				d.namespaces[ns.Name] = struct{}{}
-			}
-		}},
+	}
+	handlers := []watch{
+		{core.Namespaces().Informer(), markNamespace},
 		{core.Pods().Informer(), func(d *dirty, _, obj any) {
 			if p, ok := obj.(*corev1.Pod); ok {
 				d.pods[p.Namespace+"/"+p.Name] = struct{}{}
@@ -164,6 +173,17 @@ func New(opts Options) (*Controller, error) {
 		{sec.AuthorizationPolicies().Informer(), markPolicy},
 		{sec.PeerAuthentications().Informer(), markPolicy},
 	}
+	if opts.Gateway != nil {
+		gw := opts.Gateway.Gateway().V1()
+		// Gateways are few: any change recomputes every waypoint, and only the objects bound
+		// to a waypoint that changed are retranslated (see index.apply).
+		markGateways := func(d *dirty, _, _ any) { d.gateways = true }
+		handlers = append(handlers,
+			watch{gw.Gateways().Informer(), markGateways},
+			watch{gw.GatewayClasses().Informer(), markGateways})
+		c.gateways = gw.Gateways().Lister()
+		c.gatewayClasses = gw.GatewayClasses().Lister()
+	}
 	for _, h := range handlers {
 		reg, err := h.inf.AddEventHandler(c.handler(h.mark))
 		if err != nil {
@@ -181,6 +201,19 @@ func New(opts Options) (*Controller, error) {
 	c.authzs = sec.AuthorizationPolicies().Lister()
 	c.peerAuths = sec.PeerAuthentications().Lister()
 	return c, nil
+}
+
+// markNamespace marks the namespace's pods; when its labels changed (istio.io/use-waypoint,
+// or labels a waypoint's allowedRoutes selector reads), its Services too.
+func markNamespace(d *dirty, old, obj any) {
+	ns, ok := obj.(*corev1.Namespace)
+	if !ok {
+		return
+	}
+	d.namespaces[ns.Name] = struct{}{}
+	if o, ok := old.(*corev1.Namespace); !ok || !maps.Equal(o.Labels, ns.Labels) {
+		d.serviceNamespaces[ns.Name] = struct{}{}
+	}
 }
 
 func markPolicy(d *dirty, _, obj any) {
@@ -331,13 +364,16 @@ func (c *Controller) flush() {
 	if d.empty() && c.snap.Load() != nil {
 		return
 	}
-	changed, skipped := c.idx.apply(c, d)
+	changed, skipped, notes := c.idx.apply(c, d)
 	c.snap.Store(&snapshot{byType: map[string]map[string]*xds.Resource{
 		AddressType:       c.idx.addresses,
 		AuthorizationType: c.idx.authorizations,
 	}})
 	for object, reason := range skipped {
 		c.log.Warn("object skipped by translation", "object", object, "reason", reason)
+	}
+	for object, reason := range notes {
+		c.log.Info("waypoint not bound", "object", object, "reason", reason)
 	}
 	if c.opts.Pusher == nil {
 		return

@@ -53,7 +53,8 @@ func pod(ns, name, ip string, lbls, annotations map[string]string) *corev1.Pod {
 }
 
 // runController starts a controller over informers of kube and istio (opts.Kube and
-// opts.Istio are set here), waits until it is ready, and stops everything when t ends.
+// opts.Istio are set here) and opts.Gateway if set, waits until it is ready, and stops
+// everything when t ends.
 func runController(t *testing.T, kube kubernetes.Interface, istio istioclient.Interface, opts Options) (*Controller, context.Context) {
 	t.Helper()
 	opts.Kube = informers.NewSharedInformerFactory(kube, 0)
@@ -65,6 +66,9 @@ func runController(t *testing.T, kube kubernetes.Interface, istio istioclient.In
 	ctx, cancel := context.WithCancel(context.Background())
 	opts.Kube.Start(ctx.Done())
 	opts.Istio.Start(ctx.Done())
+	if opts.Gateway != nil {
+		opts.Gateway.Start(ctx.Done())
+	}
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
 	t.Cleanup(func() {
@@ -72,6 +76,9 @@ func runController(t *testing.T, kube kubernetes.Interface, istio istioclient.In
 		<-done
 		opts.Kube.Shutdown()
 		opts.Istio.Shutdown()
+		if opts.Gateway != nil {
+			opts.Gateway.Shutdown()
+		}
 	})
 	<-c.Ready()
 	return c, ctx

@@ -22,6 +22,9 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	"k8s.io/utils/ptr"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
+	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
 )
 
 // TestIncrementalMatchesFullBuild applies a seeded random sequence of changes to every
@@ -32,7 +35,8 @@ func TestIncrementalMatchesFullBuild(t *testing.T) {
 	t.Setenv("KUBE_FEATURE_WatchListClient", "false")
 	kube := kubefake.NewClientset()
 	istio := istiofake.NewSimpleClientset()
-	c, ctx := runController(t, kube, istio, Options{Debounce: time.Millisecond})
+	gateways := gatewayfake.NewSimpleClientset()
+	c, ctx := runController(t, kube, istio, Options{Debounce: time.Millisecond, Gateway: gatewayinformers.NewSharedInformerFactory(gateways, 0)})
 
 	namespaces := []string{"istio-system", "a", "b"}
 	for _, ns := range namespaces {
@@ -44,6 +48,23 @@ func TestIncrementalMatchesFullBuild(t *testing.T) {
 	apps := []string{"x", "y", "z"}
 	nodes := []string{"node-1", "node-2", "node-3"}
 	pick := func(s []string) string { return s[rng.IntN(len(s))] }
+	// useWaypoint labels an object with a random waypoint choice, or none.
+	waypointNames := []string{"wp0", "wp1"}
+	useWaypoint := func(lbls map[string]string) map[string]string {
+		if lbls == nil {
+			lbls = map[string]string{}
+		}
+		switch rng.IntN(5) {
+		case 0:
+			lbls["istio.io/use-waypoint"] = pick(waypointNames)
+		case 1:
+			lbls["istio.io/use-waypoint"] = pick(waypointNames)
+			lbls["istio.io/use-waypoint-namespace"] = pick(namespaces[1:])
+		case 2:
+			lbls["istio.io/use-waypoint"] = "none"
+		}
+		return lbls
+	}
 	podUID := func(ns, name string) types.UID { return types.UID(ns + "-" + name) }
 	ops := []struct {
 		name string
@@ -51,7 +72,10 @@ func TestIncrementalMatchesFullBuild(t *testing.T) {
 	}{
 		{"pod upsert", func() error {
 			ns, name := pick(namespaces[1:]), fmt.Sprintf("p%d", rng.IntN(6))
-			p := pod(ns, name, fmt.Sprintf("10.0.%d.%d", rng.IntN(2), rng.IntN(250)+1), map[string]string{"app": pick(apps)}, nil)
+			p := pod(ns, name, fmt.Sprintf("10.0.%d.%d", rng.IntN(2), rng.IntN(250)+1), useWaypoint(map[string]string{"app": pick(apps)}), nil)
+			if rng.IntN(6) == 0 {
+				p.Labels["gateway.networking.k8s.io/gateway-name"] = pick(waypointNames) // a waypoint's instance
+			}
 			if rng.IntN(2) == 0 {
 				p.Annotations = map[string]string{"ambient.istio.io/redirection": "enabled"}
 			}
@@ -66,9 +90,12 @@ func TestIncrementalMatchesFullBuild(t *testing.T) {
 			return ignoreMissing(kube.CoreV1().Pods(pick(namespaces[1:])).Delete(ctx, fmt.Sprintf("p%d", rng.IntN(6)), metav1.DeleteOptions{}))
 		}},
 		{"namespace label", func() error {
-			ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: pick(namespaces[1:])}}
+			ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: pick(namespaces[1:]), Labels: useWaypoint(nil)}}
 			if rng.IntN(2) == 0 {
-				ns.Labels = map[string]string{"istio.io/dataplane-mode": "ambient"}
+				ns.Labels["istio.io/dataplane-mode"] = "ambient"
+			}
+			if rng.IntN(2) == 0 {
+				ns.Labels["team"] = "blue" // admitted by waypoints with a namespace selector
 			}
 			_, err := kube.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{})
 			return err
@@ -76,7 +103,7 @@ func TestIncrementalMatchesFullBuild(t *testing.T) {
 		{"service upsert", func() error {
 			ns, name := pick(namespaces[1:]), fmt.Sprintf("s%d", rng.IntN(3))
 			svc := &corev1.Service{
-				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: useWaypoint(nil)},
 				Spec: corev1.ServiceSpec{ClusterIP: fmt.Sprintf("10.96.0.%d", rng.IntN(250)+1), Selector: map[string]string{"app": pick(apps)},
 					Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
 			}
@@ -154,6 +181,38 @@ func TestIncrementalMatchesFullBuild(t *testing.T) {
 		{"policy delete", func() error {
 			return ignoreMissing(istio.SecurityV1().AuthorizationPolicies(pick(namespaces)).Delete(ctx, fmt.Sprintf("ap%d", rng.IntN(2)), metav1.DeleteOptions{}))
 		}},
+		{"gateway upsert", func() error {
+			ns := pick(namespaces[1:])
+			gw := &gatewayv1.Gateway{
+				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: pick(waypointNames),
+					Labels: map[string]string{"istio.io/waypoint-for": pick([]string{"service", "workload", "all", "none"})}},
+				Spec: gatewayv1.GatewaySpec{GatewayClassName: "istio-waypoint", Listeners: []gatewayv1.Listener{{Name: "mesh", Port: 15008, Protocol: "HBONE"}}},
+			}
+			switch rng.IntN(3) {
+			case 0:
+				gw.Spec.Listeners[0].AllowedRoutes = &gatewayv1.AllowedRoutes{Namespaces: &gatewayv1.RouteNamespaces{From: ptr.To(gatewayv1.NamespacesFromAll)}}
+			case 1:
+				gw.Spec.Listeners[0].AllowedRoutes = &gatewayv1.AllowedRoutes{Namespaces: &gatewayv1.RouteNamespaces{
+					From: ptr.To(gatewayv1.NamespacesFromSelector), Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": "blue"}}}}
+			}
+			if rng.IntN(4) != 0 { // else not ready: no address yet
+				gw.Status.Addresses = []gatewayv1.GatewayStatusAddress{{Type: ptr.To(gatewayv1.HostnameAddressType), Value: fmt.Sprintf("%s.%s.svc.cluster.local", gw.Name, ns)}}
+				if rng.IntN(2) == 0 {
+					gw.Status.Addresses = []gatewayv1.GatewayStatusAddress{{Type: ptr.To(gatewayv1.IPAddressType), Value: fmt.Sprintf("10.96.9.%d", rng.IntN(250)+1)}}
+				}
+			}
+			return upsert(ctx, gateways.GatewayV1().Gateways(ns), gw)
+		}},
+		{"gateway delete", func() error {
+			return ignoreMissing(gateways.GatewayV1().Gateways(pick(namespaces[1:])).Delete(ctx, pick(waypointNames), metav1.DeleteOptions{}))
+		}},
+		{"gateway class", func() error {
+			gc := &gatewayv1.GatewayClass{ObjectMeta: metav1.ObjectMeta{Name: "istio-waypoint"}, Spec: gatewayv1.GatewayClassSpec{ControllerName: "istio.io/mesh-controller"}}
+			if rng.IntN(2) == 0 {
+				gc.Labels = map[string]string{"istio.io/waypoint-for": pick([]string{"workload", "all"})}
+			}
+			return upsert(ctx, gateways.GatewayV1().GatewayClasses(), gc)
+		}},
 		{"peer authentication", func() error {
 			ns := pick(namespaces)
 			pa := &securityclient.PeerAuthentication{
@@ -203,7 +262,8 @@ func TestIncrementalMatchesFullBuild(t *testing.T) {
 			time.Sleep(2 * time.Millisecond)
 		}
 	}
-	if seen.sliceWorkloads == 0 || seen.unhealthySlice == 0 || seen.located == 0 || seen.slicesBoundPods == 0 {
+	if seen.sliceWorkloads == 0 || seen.unhealthySlice == 0 || seen.located == 0 || seen.slicesBoundPods == 0 ||
+		seen.serviceWaypoints == 0 || seen.workloadWaypoints == 0 {
 		t.Errorf("the random changes never reached every feature: %+v", seen)
 	}
 	t.Logf("coverage: %+v", seen)
@@ -213,6 +273,7 @@ func TestIncrementalMatchesFullBuild(t *testing.T) {
 // the comparison to mean anything.
 type coverage struct {
 	sliceWorkloads, unhealthySlice, located, slicesBoundPods int
+	serviceWaypoints, workloadWaypoints                      int
 }
 
 func (c *coverage) count(t *testing.T, ctrl *Controller, addrs map[string]*xds.Resource) {
@@ -222,7 +283,13 @@ func (c *coverage) count(t *testing.T, ctrl *Controller, addrs map[string]*xds.R
 		if err := r.Resource.UnmarshalTo(&a); err != nil {
 			t.Fatal(err)
 		}
+		if a.GetService().GetWaypoint() != nil {
+			c.serviceWaypoints++
+		}
 		w := a.GetWorkload()
+		if w.GetWaypoint() != nil {
+			c.workloadWaypoints++
+		}
 		switch {
 		case w == nil:
 		case strings.Contains(w.Uid, "/EndpointSlice/"):

@@ -35,6 +35,11 @@ type dirty struct {
 	// policyNamespaces are the namespaces of changed policies: their pods' policy lists
 	// may change (every pod when the root namespace is among them).
 	policyNamespaces map[string]struct{}
+	// serviceNamespaces are namespaces whose labels changed: every Service of theirs may
+	// gain or lose its waypoint.
+	serviceNamespaces map[string]struct{}
+	// gateways: a Gateway or GatewayClass changed, so the waypoints are recomputed.
+	gateways bool
 }
 
 type selection struct {
@@ -46,12 +51,14 @@ func newDirty() *dirty {
 	return &dirty{
 		pods: map[string]struct{}{}, services: map[string]struct{}{}, namespaces: map[string]struct{}{},
 		nodes: map[string]struct{}{}, slices: map[string]struct{}{}, policyNamespaces: map[string]struct{}{},
+		serviceNamespaces: map[string]struct{}{},
 	}
 }
 
 func (d *dirty) empty() bool {
 	return !d.all && len(d.pods) == 0 && len(d.services) == 0 && len(d.namespaces) == 0 &&
-		len(d.nodes) == 0 && len(d.slices) == 0 && len(d.selections) == 0 && len(d.policyNamespaces) == 0
+		len(d.nodes) == 0 && len(d.slices) == 0 && len(d.selections) == 0 && len(d.policyNamespaces) == 0 &&
+		len(d.serviceNamespaces) == 0 && !d.gateways
 }
 
 // index is the controller's incremental state: the resources served and which object
@@ -64,16 +71,22 @@ type index struct {
 	serviceNames   map[string]string        // service key → resource name
 	sliceNames     map[string][]string      // EndpointSlice key → resource names
 	selecting      selectorIndex
+	// waypoints are the usable waypoints (translate.GatewayWaypoint of every Gateway).
+	waypoints translate.Waypoints
 	// skipped maps objects that did not translate to the reason, so that each problem is
 	// logged once rather than on every flush.
 	skipped map[string]string
+	// unbound maps Services whose waypoint is not used to the reason (istiod's binding
+	// status), logged once likewise.
+	unbound map[string]string
 }
 
 func newIndex() *index {
 	return &index{
 		addresses: map[string]*xds.Resource{}, authorizations: map[string]*xds.Resource{},
 		podNames: map[string]string{}, serviceNames: map[string]string{}, sliceNames: map[string][]string{},
-		selecting: selectorIndex{}, skipped: map[string]string{},
+		selecting: selectorIndex{}, skipped: map[string]string{}, waypoints: translate.Waypoints{},
+		unbound: map[string]string{},
 	}
 }
 
@@ -81,10 +94,22 @@ func newIndex() *index {
 type changes map[string][]string
 
 // apply retranslates what d marks dirty, publishes the new maps and returns the changed
-// names and the newly skipped objects with their reasons.
-func (x *index) apply(c *Controller, d *dirty) (changes, map[string]string) {
+// names, the newly skipped objects with their reasons, and the Services newly left without
+// the waypoint they ask for, with the reason.
+func (x *index) apply(c *Controller, d *dirty) (changes, map[string]string, map[string]string) {
 	out := changes{}
 	fresh := map[string]string{}
+	freshUnbound := map[string]string{}
+	unbound := func(object string, err error) {
+		if err == nil {
+			delete(x.unbound, object)
+			return
+		}
+		if x.unbound[object] != err.Error() {
+			freshUnbound[object] = err.Error()
+		}
+		x.unbound[object] = err.Error()
+	}
 	skip := func(object, reason string) {
 		if x.skipped[object] != reason {
 			fresh[object] = reason
@@ -152,9 +177,29 @@ func (x *index) apply(c *Controller, d *dirty) (changes, map[string]string) {
 		out[AddressType] = append(out[AddressType], name)
 	}
 
+	// Waypoints: recomputed from every Gateway when one changed; the objects that may be
+	// bound to a waypoint that changed are retranslated.
+	rebind := map[string]struct{}{} // Services
+	if (d.all || d.gateways) && c.gateways != nil {
+		next := x.translateWaypoints(c, skip, unskip)
+		for key := range changedWaypoints(x.waypoints, next) {
+			if !d.all {
+				x.markBound(c, d, rebind, key)
+			}
+		}
+		x.waypoints = next
+	}
+	for ns := range d.serviceNamespaces {
+		list, _ := c.services.Services(ns).List(labels.Everything())
+		for _, svc := range list {
+			rebind[svc.Namespace+"/"+svc.Name] = struct{}{}
+		}
+	}
+
 	// Services: the selector index is rebuilt (cheap: one entry per Service) whenever a
-	// Service changed, then each changed Service is retranslated.
-	if d.all || len(d.services) > 0 {
+	// Service changed, then each changed Service is retranslated (and those whose waypoint
+	// may have changed).
+	if d.all || len(d.services) > 0 || len(rebind) > 0 {
 		services, err := c.services.List(labels.Everything())
 		if err != nil {
 			skip("Service lister", err.Error())
@@ -163,7 +208,8 @@ func (x *index) apply(c *Controller, d *dirty) (changes, map[string]string) {
 		for _, svc := range services {
 			x.selecting.add(svc)
 		}
-		keys := d.services
+		keys := maps.Clone(d.services)
+		maps.Copy(keys, rebind)
 		if d.all {
 			keys = map[string]struct{}{}
 			for _, svc := range services {
@@ -191,8 +237,11 @@ func (x *index) apply(c *Controller, d *dirty) (changes, map[string]string) {
 					set(old, nil)
 					delete(x.serviceNames, key)
 				}
+				unbound(object, nil)
 				continue
 			}
+			svcNS, _ := c.namespaces.Get(svc.Namespace)
+			unbound(object, translate.BindServiceWaypoint(s, svc, svcNS, x.waypoints))
 			rname := s.Namespace + "/" + s.Hostname
 			r, err := resource(AddressType, rname, &workloadapi.Address{Type: &workloadapi.Address_Service{Service: s}})
 			if err != nil {
@@ -338,7 +387,7 @@ func (x *index) apply(c *Controller, d *dirty) (changes, map[string]string) {
 	}
 	for key, pod := range pods {
 		ns, _ := c.namespaces.Get(pod.Namespace)
-		in := translate.PodInputs{Pod: enrolled(pod, ns), Namespace: ns, Services: x.selecting.candidates(pod)}
+		in := translate.PodInputs{Pod: enrolled(pod, ns), Namespace: ns, Services: x.selecting.candidates(pod), Waypoints: x.waypoints}
 		if pod.Spec.NodeName != "" {
 			in.Node, _ = c.nodes.Get(pod.Spec.NodeName)
 		}
@@ -377,7 +426,83 @@ func (x *index) apply(c *Controller, d *dirty) (changes, map[string]string) {
 		set(w.Uid, r)
 	}
 	x.addresses = addresses
-	return out, fresh
+	return out, fresh, freshUnbound
+}
+
+// translateWaypoints translates every Gateway, reporting each one's problems as a skip
+// reason of "Gateway namespace/name".
+func (x *index) translateWaypoints(c *Controller, skip func(object, reason string), unskip func(object string)) translate.Waypoints {
+	gws, err := c.gateways.List(labels.Everything())
+	if err != nil {
+		skip("Gateway lister", err.Error())
+	}
+	next := translate.Waypoints{}
+	seen := map[string]struct{}{}
+	for _, gw := range gws {
+		object := "Gateway " + gw.Namespace + "/" + gw.Name
+		seen[object] = struct{}{}
+		class, _ := c.gatewayClasses.Get(string(gw.Spec.GatewayClassName))
+		w, problems := translate.GatewayWaypoint(gw, class, c.opts.Translate)
+		if len(problems) > 0 {
+			skip(object, strings.Join(problems, "; "))
+		} else {
+			unskip(object)
+		}
+		if w != nil {
+			next[w.Key()] = w
+		}
+	}
+	for object := range x.skipped {
+		if _, ok := seen[object]; strings.HasPrefix(object, "Gateway ") && object != "Gateway lister" && !ok {
+			unskip(object)
+		}
+	}
+	return next
+}
+
+// changedWaypoints are the keys of the waypoints added, removed or changed from a to b.
+func changedWaypoints(a, b translate.Waypoints) map[string]struct{} {
+	out := map[string]struct{}{}
+	for key, w := range b {
+		if !w.Equal(a[key]) {
+			out[key] = struct{}{}
+		}
+	}
+	for key := range a {
+		if _, ok := b[key]; !ok {
+			out[key] = struct{}{}
+		}
+	}
+	return out
+}
+
+// markBound marks what may be bound to the waypoint key ("namespace/name"), over-inclusively
+// by name: the Services (into rebind) and pods labelled istio.io/use-waypoint=<name> in any
+// namespace, the Services and pods of namespaces so labelled, and the waypoint's own pods
+// (gateway.networking.k8s.io/gateway-name=<name> in its namespace).
+func (x *index) markBound(c *Controller, d *dirty, rebind map[string]struct{}, key string) {
+	wpNS, name := splitKey(key)
+	byName := labels.SelectorFromSet(labels.Set{translate.LabelUseWaypoint: name})
+	svcs, _ := c.services.List(byName)
+	for _, svc := range svcs {
+		rebind[svc.Namespace+"/"+svc.Name] = struct{}{}
+	}
+	pods, _ := c.pods.List(byName)
+	for _, p := range pods {
+		d.pods[p.Namespace+"/"+p.Name] = struct{}{}
+	}
+	nss, _ := c.namespaces.List(byName)
+	for _, ns := range nss {
+		d.namespaces[ns.Name] = struct{}{}
+		list, _ := c.services.Services(ns.Name).List(labels.Everything())
+		for _, svc := range list {
+			rebind[svc.Namespace+"/"+svc.Name] = struct{}{}
+		}
+	}
+	own, _ := c.pods.Pods(wpNS).List(labels.SelectorFromSet(labels.Set{translate.LabelGatewayName: name}))
+	for _, p := range own {
+		d.pods[p.Namespace+"/"+p.Name] = struct{}{}
+	}
 }
 
 // slicesOf returns the cached EndpointSlices filed under key in the named index.

@@ -76,7 +76,7 @@ var (
 	// ErrWaypointAttachmentDenied: the waypoint's HBONE listener does not allow the namespace.
 	ErrWaypointAttachmentDenied = errors.New("waypoint does not allow attachment from this namespace (allowedRoutes of its HBONE listener)")
 	// ErrWaypointTrafficType: the waypoint's istio.io/waypoint-for excludes this kind of traffic.
-	ErrWaypointTrafficType = errors.New("waypoint does not take this traffic (istio.io/waypoint-for)")
+	ErrWaypointTrafficType = errors.New("waypoint does not take this traffic")
 )
 
 // Waypoint is a Gateway usable as a waypoint (istiod's ambient Waypoint).
