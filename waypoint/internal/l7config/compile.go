@@ -233,6 +233,13 @@ func compileForward(a *routev3.RouteAction, m Match) (*Forward, error) {
 		return nil, errors.New("only prefix_rewrite, regex_rewrite and host_rewrite_literal rewrites are supported")
 	}
 	f.HostRewrite = a.GetHostRewriteLiteral()
+	code, ok := map[routev3.RouteAction_ClusterNotFoundResponseCode]int{
+		routev3.RouteAction_SERVICE_UNAVAILABLE: 503, routev3.RouteAction_NOT_FOUND: 404, routev3.RouteAction_INTERNAL_SERVER_ERROR: 500,
+	}[a.GetClusterNotFoundResponseCode()]
+	if !ok {
+		return nil, fmt.Errorf("unknown cluster_not_found_response_code %v", a.GetClusterNotFoundResponseCode())
+	}
+	f.ClusterNotFound = code
 	if a.GetPrefixRewrite() != "" {
 		if m.PathKind == PathRegex {
 			return nil, errors.New("prefix_rewrite needs a prefix or path match")

@@ -110,6 +110,10 @@ type Forward struct {
 	RegexSubst    string
 	HostRewrite   string
 
+	// ClusterNotFound is the status when a cluster names a Service the waypoint does not
+	// know (cluster_not_found_response_code: 503, 404 or 500).
+	ClusterNotFound int
+
 	Mirrors []Mirror
 	// Timeout bounds the whole request (0: none); PerTryTimeout bounds one attempt.
 	Timeout, PerTryTimeout time.Duration

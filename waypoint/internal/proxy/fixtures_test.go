@@ -120,6 +120,9 @@ func reviewsRoutes(t *testing.T) *routev3.RouteConfiguration {
 			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: v1}, Timeout: durationpb.New(200e6)}}},
 		{Name: "direct", Match: prefix("/direct"), Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{
 			Status: 418, Body: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "teapot"}}}}},
+		{Name: "unresolved", Match: prefix("/gone"), Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+			ClusterSpecifier:            &routev3.RouteAction_Cluster{Cluster: "outbound|80||backend.invalid"},
+			ClusterNotFoundResponseCode: routev3.RouteAction_INTERNAL_SERVER_ERROR}}},
 		{Name: "split", Match: prefix("/"), Action: &routev3.Route_Route{Route: &routev3.RouteAction{
 			ClusterSpecifier: &routev3.RouteAction_WeightedClusters{WeightedClusters: &routev3.WeightedCluster{
 				Clusters: []*routev3.WeightedCluster_ClusterWeight{

@@ -153,6 +153,11 @@ func (p *Proxy) forward(x *exchange, r *http.Request, rt *l7config.Route, vh *l7
 	x.cluster = wc.Cluster.Name
 	snap := p.opts.State()
 	route, err := resolve(snap, &p.hosts, wc.Cluster, x.st.plan.Target, p.pick)
+	if errors.Is(err, errNoService) {
+		x.flags, x.details = "NC", "cluster_not_found"
+		x.w.WriteHeader(f.ClusterNotFound)
+		return
+	}
 	if err != nil {
 		x.flags, x.details = "UH", err.Error()
 		localReply(x.w, http.StatusServiceUnavailable, bodyNoHealthy)

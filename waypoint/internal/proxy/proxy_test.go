@@ -176,6 +176,12 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("unresolvable backend", func(t *testing.T) {
+		if resp, _ := get(t, c, "/gone"); resp.StatusCode != 500 {
+			t.Errorf("got %d, want 500 (cluster_not_found_response_code)", resp.StatusCode)
+		}
+	})
+
 	t.Run("RBAC deny on a path", func(t *testing.T) {
 		before := len(e.requests(""))
 		if resp, body := get(t, c, "/admin/users"); resp.StatusCode != 403 || body != "RBAC: access denied" {
