@@ -235,6 +235,34 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("metrics", func(t *testing.T) {
+		mfs, err := e.metrics.Registry().Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := map[string]bool{}
+		for _, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				l := map[string]string{}
+				for _, lp := range m.GetLabel() {
+					l[lp.GetName()] = lp.GetValue()
+				}
+				if mf.GetName() == "istio_requests_total" && l["reporter"] == "waypoint" && l["connection_security_policy"] == "mutual_tls" &&
+					l["source_principal"] == "spiffe://cluster.local/ns/client/sa/sleep" && l["source_workload"] == "sleep" {
+					found[l["response_code"]+" "+l["destination_service"]+" "+l["destination_workload"]] = true
+				}
+				if mf.GetName() == "istio_request_duration_milliseconds" {
+					found["histogram"] = true
+				}
+			}
+		}
+		for _, want := range []string{"200 reviews-v1.ns1.svc.cluster.local reviews-v1", "403 reviews.ns1.svc.cluster.local unknown", "histogram"} {
+			if !found[want] {
+				t.Errorf("no istio_requests_total series %q in %v", want, found)
+			}
+		}
+	})
+
 	t.Run("tcp passthrough by app_protocol", func(t *testing.T) {
 		echo(t, e, "10.96.0.20:7000", "hello over tcp\n")
 	})

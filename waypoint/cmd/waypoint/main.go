@@ -1,0 +1,38 @@
+// Command waypoint is the mesh's L7 proxy for a Gateway of class istio-waypoint: it
+// terminates HBONE, applies HTTP routing and L7 authorization from istiod-lite's xDS, and
+// re-originates HBONE to the destination. Configuration is environment variables (see
+// waypoint/internal/config).
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/ambient-lite/ambient-lite/waypoint/internal/app"
+	"github.com/ambient-lite/ambient-lite/waypoint/internal/config"
+)
+
+func main() {
+	cfg, err := config.FromEnv(os.Getenv)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "waypoint: invalid configuration:", err)
+		os.Exit(2)
+	}
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("component", "waypoint")
+	var access *slog.Logger
+	if cfg.AccessLog {
+		access = slog.New(slog.NewJSONHandler(os.Stdout, nil)).With("log", "access")
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	if err := app.Run(ctx, cfg, log, access); err != nil {
+		log.Error("exiting", "err", err)
+		os.Exit(1)
+	}
+}

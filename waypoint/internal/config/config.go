@@ -1,0 +1,147 @@
+// Package config is the waypoint's configuration: environment variables (ztunnel's names
+// and defaults where they overlap, Istio's where they exist), parsed once at start into a
+// typed, validated Config. Nothing else in the waypoint reads the environment.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ambient-lite/ambient-lite/pkg/identity"
+)
+
+// Environment variable names.
+const (
+	EnvXDSAddress     = "XDS_ADDRESS" // host:port of istiod-lite's xDS server, or unix:///path
+	EnvPodName        = "POD_NAME"
+	EnvPodNamespace   = "POD_NAMESPACE"
+	EnvInstanceIP     = "INSTANCE_IP"
+	EnvGatewayName    = "GATEWAY_NAME"    // the Gateway this waypoint serves
+	EnvServiceAccount = "SERVICE_ACCOUNT" // the waypoint's own: its identity
+	EnvTrustDomain    = "TRUST_DOMAIN"
+	EnvCAAddress      = "CA_ADDRESS"
+	EnvCAServerName   = "CA_SERVER_NAME"
+	EnvRootCertPath   = "ROOT_CERT_PATH"
+	EnvTokenPath      = "TOKEN_PATH"
+	EnvClusterID      = "CLUSTER_ID"
+	EnvCertTTL        = "SECRET_TTL"
+	EnvDrainDuration  = "DRAIN_DURATION"
+	EnvInboundAddr    = "INBOUND_ADDR"   // :15008
+	EnvReadinessAddr  = "READINESS_ADDR" // :15021
+	EnvStatsAddr      = "STATS_ADDR"     // :15020
+	EnvLogLevel       = "LOG_LEVEL"
+	EnvAccessLog      = "ACCESS_LOG" // "true" (default) writes one line per request to stdout
+)
+
+// Config is the waypoint's validated configuration.
+type Config struct {
+	XDSAddress, CAAddress, CAServerName string
+	PodName, PodNamespace               string
+	InstanceIP                          netip.Addr
+	GatewayName                         string
+	// Identity is spiffe://<TrustDomain>/ns/<PodNamespace>/sa/<ServiceAccount>.
+	Identity                identity.ID
+	TrustDomain             string
+	RootCertPath, TokenPath string
+	ClusterID               string
+	CertTTL, Drain          time.Duration
+	Inbound, Readiness      netip.AddrPort
+	Stats                   netip.AddrPort
+	LogLevel                string
+	AccessLog               bool
+}
+
+// GatewayKey is the name of the Gateway's own route configuration.
+func (c Config) GatewayKey() string { return "gateway/" + c.PodNamespace + "/" + c.GatewayName }
+
+// FromEnv parses the configuration from getenv. Every bad value is reported, by name.
+func FromEnv(getenv func(string) string) (Config, error) {
+	var errs []error
+	str := func(name, def string) string {
+		if v := strings.TrimSpace(getenv(name)); v != "" {
+			return v
+		}
+		return def
+	}
+	required := func(name string) string {
+		v := str(name, "")
+		if v == "" {
+			errs = append(errs, fmt.Errorf("%s is required", name))
+		}
+		return v
+	}
+	addr := func(name, def string) netip.AddrPort {
+		v := str(name, def)
+		ap, err := netip.ParseAddrPort(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q: want ip:port: %w", name, v, err))
+		}
+		return ap
+	}
+	dur := func(name string, def time.Duration) time.Duration {
+		v := str(name, "")
+		if v == "" {
+			return def
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			if secs, serr := strconv.Atoi(v); serr == nil {
+				return time.Duration(secs) * time.Second
+			}
+			errs = append(errs, fmt.Errorf("%s=%q: %w", name, v, err))
+		}
+		return d
+	}
+	c := Config{
+		XDSAddress:   str(EnvXDSAddress, "istiod.istio-system.svc:15012"),
+		CAAddress:    str(EnvCAAddress, "istiod.istio-system.svc:15012"),
+		CAServerName: str(EnvCAServerName, "istiod.istio-system.svc"),
+		PodName:      required(EnvPodName),
+		PodNamespace: required(EnvPodNamespace),
+		GatewayName:  required(EnvGatewayName),
+		TrustDomain:  str(EnvTrustDomain, identity.DefaultTrustDomain),
+		RootCertPath: str(EnvRootCertPath, "/var/run/secrets/istio/root-cert.pem"),
+		TokenPath:    str(EnvTokenPath, "/var/run/secrets/tokens/istio-token"),
+		ClusterID:    str(EnvClusterID, "Kubernetes"),
+		CertTTL:      dur(EnvCertTTL, 24*time.Hour),
+		Drain:        dur(EnvDrainDuration, 5*time.Second),
+		Inbound:      addr(EnvInboundAddr, "0.0.0.0:15008"),
+		Readiness:    addr(EnvReadinessAddr, "0.0.0.0:15021"),
+		Stats:        addr(EnvStatsAddr, "0.0.0.0:15020"),
+		LogLevel:     str(EnvLogLevel, "info"),
+	}
+	if v := required(EnvInstanceIP); v != "" {
+		ip, err := netip.ParseAddr(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q: want an IP address", EnvInstanceIP, v))
+		}
+		c.InstanceIP = ip
+	}
+	sa := str(EnvServiceAccount, c.GatewayName) // Istio names the waypoint's account after the Gateway
+	if c.PodNamespace != "" && sa != "" {
+		id, err := identity.New(c.TrustDomain, c.PodNamespace, sa)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q, %s=%q, %s=%q: %w", EnvTrustDomain, c.TrustDomain, EnvPodNamespace, c.PodNamespace, EnvServiceAccount, sa, err))
+		}
+		c.Identity = id
+	}
+	switch v := str(EnvAccessLog, "true"); v {
+	case "true", "false":
+		c.AccessLog = v == "true"
+	default:
+		errs = append(errs, fmt.Errorf("%s=%q: want true or false", EnvAccessLog, v))
+	}
+	if c.CertTTL <= 0 || c.Drain < 0 {
+		errs = append(errs, fmt.Errorf("%s must be positive and %s not negative", EnvCertTTL, EnvDrainDuration))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("%s=%q: want debug, info, warn or error", EnvLogLevel, c.LogLevel))
+	}
+	return c, errors.Join(errs...)
+}
