@@ -2,7 +2,6 @@ package proxy_test
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -36,7 +35,6 @@ const td = "cluster.local"
 type seen struct {
 	Backend, Method, Path, Host string
 	Header                      http.Header
-	Peer                        identity.ID // the identity the backend's ztunnel saw
 }
 
 // env is a loopback mesh: backends behind fake ztunnels (pkg/hbone Servers), a waypoint
@@ -148,8 +146,7 @@ func (w tWriter) Write(b []byte) (int, error) {
 func (e *env) backend(name string, podIP string, ident identity.ID, h http.HandlerFunc) {
 	t := e.t
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		peer, _ := r.Context().Value(peerKey{}).(identity.ID)
-		e.record(seen{Backend: name, Method: r.Method, Path: r.URL.RequestURI(), Host: r.Host, Header: r.Header.Clone(), Peer: peer})
+		e.record(seen{Backend: name, Method: r.Method, Path: r.URL.RequestURI(), Host: r.Host, Header: r.Header.Clone()})
 		w.Header().Set("X-Backend", name)
 		if h != nil {
 			h(w, r)
@@ -161,9 +158,8 @@ func (e *env) backend(name string, podIP string, ident identity.ID, h http.Handl
 	e.ztunnel(podIP, ident, hs.Listener.Addr().String())
 }
 
-type peerKey struct{}
-
-// ztunnel starts a fake ztunnel for podIP that connects every stream to upstream.
+// ztunnel starts a fake ztunnel for podIP that connects every stream to upstream; it
+// refuses a stream for another pod or from a peer other than the waypoint.
 func (e *env) ztunnel(podIP string, ident identity.ID, upstream string) {
 	t := e.t
 	srvCert, _ := mtlstest.Static(e.ca.Issue(t, ident))
@@ -246,5 +242,3 @@ func (e *env) rawStream(ident identity.ID, target string) (net.Conn, error) {
 		Target: netip.MustParseAddrPort(target), TLS: cfg,
 	})
 }
-
-var _ = tls.VersionTLS13
