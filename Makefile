@@ -20,7 +20,7 @@ PKGS ?= ./...
 TEST_TIMEOUT ?= 30m
 # Nodes of `make cluster-up` (0: a control plane only, on loopback; at most 8).
 NODES ?= 2
-REGISTRY_NOTE := ambient-lite.local/<name>:dev (pause, coredns, echo, fortio, ztunnel, istiod-lite, cni)
+REGISTRY_NOTE := ambient-lite.local/<name>:dev (pause, coredns, echo, fortio, ztunnel, istiod-lite, cni, waypoint)
 # Images `make images` builds and loads into the nodes (default: the whole catalog).
 IMAGES ?=
 CLUSTER_TOOLS := etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy \

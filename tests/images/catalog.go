@@ -31,10 +31,11 @@ const (
 	Ztunnel   = "ztunnel"     // the mesh's node proxy
 	IstiodLit = "istiod-lite" // the mesh's control plane
 	CNI       = "cni"         // the CNI node agent with the plugin binary
+	Waypoint  = "waypoint"    // the L7 proxy of a Gateway of class istio-waypoint
 )
 
 // All lists every catalog image.
-var All = []string{Pause, CoreDNS, Echo, Fortio, Ztunnel, IstiodLit, CNI}
+var All = []string{Pause, CoreDNS, Echo, Fortio, Ztunnel, IstiodLit, CNI, Waypoint}
 
 // goBinaries are the catalog's binaries built from this repository: name -> package.
 var goBinaries = map[string]string{
@@ -43,6 +44,7 @@ var goBinaries = map[string]string{
 	"istiod-lite": "./istiod-lite/cmd/istiod-lite",
 	"node-agent":  "./cni/cmd/node-agent",
 	"cni-plugin":  "./cni/cmd/cni-plugin",
+	"waypoint":    "./waypoint/cmd/waypoint",
 }
 
 // busybox is the static shell the test app images carry (Debian's busybox-static).
@@ -167,6 +169,8 @@ func (b *Builder) spec(name string) (func() (Spec, error), []string, error) {
 		}, nil, nil
 	case Ztunnel:
 		return simple("ztunnel", "/usr/local/bin/ztunnel"), []string{"ztunnel"}, nil
+	case Waypoint:
+		return simple("waypoint", "/usr/local/bin/waypoint"), []string{"waypoint"}, nil
 	case IstiodLit:
 		return simple("istiod-lite", "/usr/local/bin/istiod-lite"), []string{"istiod-lite"}, nil
 	case CNI:
