@@ -21,8 +21,8 @@ import (
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/ptr"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
-	gatewayv1ac "sigs.k8s.io/gateway-api/applyconfiguration/apis/v1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
 	gatewaylisters "sigs.k8s.io/gateway-api/pkg/client/listers/apis/v1"
@@ -189,7 +189,7 @@ func (d *Deployer) syncClass(ctx context.Context, name string) error {
 		}
 		_, err = d.opts.Gateway.GatewayV1().GatewayClasses().Create(ctx, &gatewayv1.GatewayClass{
 			ObjectMeta: metav1.ObjectMeta{Name: ClassName},
-			Spec:       gatewayv1.GatewayClassSpec{ControllerName: ControllerName, Description: ptr(ClassDescription)},
+			Spec:       gatewayv1.GatewayClassSpec{ControllerName: ControllerName, Description: ptr.To(ClassDescription)},
 		}, metav1.CreateOptions{FieldManager: FieldManager})
 		if err != nil && !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("creating GatewayClass %s: %w", ClassName, err)
@@ -200,7 +200,7 @@ func (d *Deployer) syncClass(ctx context.Context, name string) error {
 		return err
 	}
 	want := ClassStatus(gc, d.opts.Now())
-	if have, err := gatewayv1ac.ExtractGatewayClassStatus(gc, FieldManager); err == nil && equality.Semantic.DeepEqual(have, want) {
+	if ClassStatusCurrent(gc.Status, want.Status) {
 		return nil
 	}
 	if _, err := d.opts.Gateway.GatewayV1().GatewayClasses().ApplyStatus(ctx, want, applyOptions); err != nil {
@@ -244,7 +244,7 @@ func (d *Deployer) syncGateway(ctx context.Context, namespace, name string) erro
 		return err
 	}
 	want := GatewayStatus(gw, obs, d.opts.ClusterDomain, d.opts.Now())
-	if have, err := gatewayv1ac.ExtractGatewayStatus(gw, FieldManager); err == nil && equality.Semantic.DeepEqual(have, want) {
+	if StatusCurrent(gw.Status, want.Status) {
 		return nil
 	}
 	if _, err := d.opts.Gateway.GatewayV1().Gateways(namespace).ApplyStatus(ctx, want, applyOptions); err != nil {
@@ -348,5 +348,3 @@ func (d *Deployer) enqueueSliceOwner(obj any) {
 		d.enqueueOwner(svc)
 	}
 }
-
-func ptr[T any](v T) *T { return &v }

@@ -196,7 +196,7 @@ func Render(gw *gatewayv1.Gateway, opts RenderOptions) Objects {
 		).
 		WithEnv(env...).
 		WithStartupProbe(probe(30, 1).WithInitialDelaySeconds(1)).
-		WithReadinessProbe(probe(4, 15).WithInitialDelaySeconds(0)).
+		WithReadinessProbe(probe(4, 15)).
 		WithSecurityContext(corev1ac.SecurityContext().
 			WithPrivileged(false).
 			WithRunAsUser(proxyUID).WithRunAsGroup(proxyUID).WithRunAsNonRoot(true).

@@ -176,3 +176,45 @@ func toYAML(t *testing.T, objs ...any) []byte {
 	}
 	return out.Bytes()
 }
+
+func TestStatusCurrent(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	in := readInput(t, "status-ready")
+	want := GatewayStatus(in.gateway, in.observed, DefaultClusterDomain, now).Status
+	applied := func() gatewayv1.GatewayStatus {
+		var s gatewayv1.GatewayStatus
+		if !convert(want, &s) {
+			t.Fatal("converting the status")
+		}
+		return s
+	}
+	tests := []struct {
+		name   string
+		mutate func(s *gatewayv1.GatewayStatus)
+		want   bool
+	}{
+		{"as applied", func(*gatewayv1.GatewayStatus) {}, true},
+		{"another controller's condition", func(s *gatewayv1.GatewayStatus) {
+			s.Conditions = append(s.Conditions, metav1.Condition{Type: "example.com/Extra", Status: metav1.ConditionTrue})
+		}, true},
+		{"a message changed", func(s *gatewayv1.GatewayStatus) { s.Conditions[1].Message = "old" }, false},
+		{"a condition missing", func(s *gatewayv1.GatewayStatus) { s.Conditions = s.Conditions[:2] }, false},
+		{"a transition time changed", func(s *gatewayv1.GatewayStatus) {
+			s.Conditions[0].LastTransitionTime = metav1.NewTime(now.Add(time.Hour))
+		}, false},
+		{"no addresses yet", func(s *gatewayv1.GatewayStatus) { s.Addresses = nil }, false},
+		{"a removed listener still reported", func(s *gatewayv1.GatewayStatus) {
+			s.Listeners = append(s.Listeners, gatewayv1.ListenerStatus{Name: "gone"})
+		}, false},
+		{"attached routes differ", func(s *gatewayv1.GatewayStatus) { s.Listeners[0].AttachedRoutes = 7 }, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			have := applied()
+			tt.mutate(&have)
+			if got := StatusCurrent(have, want); got != tt.want {
+				t.Errorf("StatusCurrent = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}

@@ -1,6 +1,7 @@
 package waypoint
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -266,4 +268,52 @@ func humanJoin(ss []string) string {
 	default:
 		return strings.Join(ss[:len(ss)-1], ", ") + ", and " + ss[len(ss)-1]
 	}
+}
+
+// StatusCurrent reports whether applying want would change nothing in have: its conditions are
+// present and identical, its addresses equal, and its listeners the same, in order.
+// Conditions others set are not compared: server-side apply leaves them alone.
+func StatusCurrent(have gatewayv1.GatewayStatus, want *gatewayv1ac.GatewayStatusApplyConfiguration) bool {
+	var w gatewayv1.GatewayStatus
+	if !convert(want, &w) || !conditionsCurrent(have.Conditions, w.Conditions) ||
+		len(have.Listeners) != len(w.Listeners) || !equality.Semantic.DeepEqual(nonEmpty(have.Addresses), nonEmpty(w.Addresses)) {
+		return false
+	}
+	for i, l := range w.Listeners {
+		h := have.Listeners[i]
+		if h.Name != l.Name || h.AttachedRoutes != l.AttachedRoutes || len(h.SupportedKinds) != len(l.SupportedKinds) ||
+			!conditionsCurrent(h.Conditions, l.Conditions) {
+			return false
+		}
+	}
+	return true
+}
+
+// ClassStatusCurrent is StatusCurrent for a GatewayClass.
+func ClassStatusCurrent(have gatewayv1.GatewayClassStatus, want *gatewayv1ac.GatewayClassStatusApplyConfiguration) bool {
+	var w gatewayv1.GatewayClassStatus
+	return convert(want, &w) && conditionsCurrent(have.Conditions, w.Conditions)
+}
+
+func conditionsCurrent(have, want []metav1.Condition) bool {
+	for _, c := range want {
+		i := slices.IndexFunc(have, func(h metav1.Condition) bool { return h.Type == c.Type })
+		if i < 0 || !equality.Semantic.DeepEqual(have[i], c) {
+			return false
+		}
+	}
+	return true
+}
+
+func nonEmpty[T any](s []T) []T {
+	if len(s) == 0 {
+		return nil
+	}
+	return s
+}
+
+// convert copies an apply configuration into its API type through JSON, as the apiserver reads it.
+func convert(from, to any) bool {
+	b, err := json.Marshal(from)
+	return err == nil && json.Unmarshal(b, to) == nil
 }
