@@ -149,19 +149,19 @@ func ruleRoute(t *testing.T, rule string) (*routev3.Route, []issue) {
 }
 
 func TestRule(t *testing.T) {
-	const web = `"cluster": "outbound|8080||web.app.svc.cluster.local", "clusterNotFoundResponseCode": "INTERNAL_SERVER_ERROR"`
+	const web = `"cluster": "outbound|8080||web.app.svc.cluster.local", "clusterNotFoundResponseCode": "INTERNAL_SERVER_ERROR", "timeout": "0s"`
 	tests := []struct {
 		name, rule, want string
 		issues           []string // reasons
 	}{
 		{"single backend", `{backendRefs: [{name: web, port: 8080}]}`, `{"route": {` + web + `}}`, nil},
 		{"cross-namespace backend", `{backendRefs: [{name: api, namespace: other, port: 80}]}`,
-			`{"route": {"cluster": "outbound|80||api.other.svc.cluster.local", "clusterNotFoundResponseCode": "INTERNAL_SERVER_ERROR"}}`, nil},
+			`{"route": {"cluster": "outbound|80||api.other.svc.cluster.local", "clusterNotFoundResponseCode": "INTERNAL_SERVER_ERROR", "timeout": "0s"}}`, nil},
 		{"no backends answer 500", `{}`, `{"directResponse": {"status": 500}}`, nil},
 		{"missing backend answers 500", `{backendRefs: [{name: nope, port: 80}]}`, `{"directResponse": {"status": 500}}`, []string{"BackendNotFound"}},
 		{"backend without port answers 500", `{backendRefs: [{name: web}]}`, `{"directResponse": {"status": 500}}`, []string{"BackendNotFound"}},
 		{"unsupported kind", `{backendRefs: [{name: web, port: 8080}, {group: x.io, kind: Thing, name: t, port: 1}]}`,
-			`{"route": {"clusterNotFoundResponseCode": "INTERNAL_SERVER_ERROR", "weightedClusters": {"clusters": [
+			`{"route": {"clusterNotFoundResponseCode": "INTERNAL_SERVER_ERROR", "timeout": "0s", "weightedClusters": {"clusters": [
 				{"name": "outbound|8080||web.app.svc.cluster.local", "weight": 1}, {"name": "outbound|1||t.app.thing.invalid", "weight": 1}]}}}`,
 			[]string{"InvalidKind"}},
 		{"extension ref answers 500", `{filters: [{type: ExtensionRef, extensionRef: {group: x.io, kind: F, name: f}}], backendRefs: [{name: web, port: 8080}]}`,
@@ -196,7 +196,7 @@ func TestRule(t *testing.T) {
 		{"mirror to missing backend is dropped", `{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: nope, port: 80}}}], backendRefs: [{name: web, port: 8080}]}`,
 			`{"route": {` + web + `}}`, []string{"BackendNotFound"}},
 		{"timeouts", `{timeouts: {request: 1m, backendRequest: 250ms}, backendRefs: [{name: web, port: 8080}]}`,
-			`{"route": {` + web + `, "timeout": "60s", "retryPolicy": {"perTryTimeout": "0.250s"}}}`, nil},
+			`{"route": {"cluster": "outbound|8080||web.app.svc.cluster.local", "clusterNotFoundResponseCode": "INTERNAL_SERVER_ERROR", "timeout": "60s", "retryPolicy": {"perTryTimeout": "0.250s"}}}`, nil},
 		{"bad timeout is left out", `{timeouts: {request: soon}, backendRefs: [{name: web, port: 8080}]}`,
 			`{"route": {` + web + `}}`, []string{"UnsupportedValue"}},
 	}

@@ -5,6 +5,7 @@ package l7
 
 import (
 	"fmt"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"strconv"
 	"strings"
 
@@ -134,6 +135,7 @@ func defaultRoute(cluster string) *routev3.Route {
 		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
 		Action: &routev3.Route_Route{Route: &routev3.RouteAction{
 			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster},
+			Timeout:          durationpb.New(0), // no timeout, as istiod's default route
 		}},
 	}
 }

@@ -226,8 +226,11 @@ func setBackends(in Input, ns string, refs []gatewayv1.HTTPBackendRef, rt *route
 
 // setTimeouts sets the route timeout from timeouts.request and the per-try timeout from
 // timeouts.backendRequest ("0s" disables a timeout, as in Envoy). An error names a duration
-// that does not parse; the timeouts are then left unset.
+// that does not parse; the timeouts are then left unset. Without timeouts.request the route
+// timeout is 0s (none), as istiod sets it: Envoy's and the waypoint's default of 15 s would cut
+// long streams.
 func setTimeouts(action *routev3.RouteAction, t *gatewayv1.HTTPRouteTimeouts) error {
+	action.Timeout = durationpb.New(0)
 	if t == nil {
 		return nil
 	}
@@ -246,7 +249,9 @@ func setTimeouts(action *routev3.RouteAction, t *gatewayv1.HTTPRouteTimeouts) er
 		}
 		*d.out = durationpb.New(v)
 	}
-	action.Timeout = request
+	if request != nil {
+		action.Timeout = request
+	}
 	if backend != nil {
 		action.RetryPolicy = &routev3.RetryPolicy{PerTryTimeout: backend}
 	}
