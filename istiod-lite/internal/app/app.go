@@ -1,6 +1,6 @@
 // Package app is istiod-lite's composition root: it binds the listeners, connects to
 // Kubernetes, loads or creates the CA root, starts the informers, the root publisher, the
-// xDS controller and the gRPC CA and delta xDS services, and shuts them down in order. Nothing imports it but main.
+// xDS controller, the waypoint deployer and the gRPC CA and delta xDS services, and shuts them down in order. Nothing imports it but main.
 package app
 
 import (
@@ -21,6 +21,7 @@ import (
 	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/controller"
 	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/kube"
 	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/translate"
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/waypoint"
 	"github.com/ambient-lite/ambient-lite/pkg/xds"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"golang.org/x/sync/errgroup"
@@ -40,6 +41,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
+	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
+	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
 )
 
 const (
@@ -68,7 +71,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return serveHTTP(ctx, health, httpLis) })
 
-	client, istio, err := kubeClients(cfg.Kubeconfig)
+	client, istio, gateways, err := kubeClients(cfg.Kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -103,6 +106,22 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	})
 	if err != nil {
 		return err
+	}
+	// The waypoint deployer shares the xDS factory's Services and EndpointSlices.
+	gatewayFactory := gatewayinformers.NewSharedInformerFactory(gateways, resyncPeriod)
+	var deployer *waypoint.Deployer
+	if cfg.WaypointImage != "" {
+		deployer, err = waypoint.New(waypoint.Options{
+			Kube: client, Gateway: gateways, KubeInformers: xdsFactory, GatewayInformers: gatewayFactory,
+			Render: waypoint.RenderOptions{
+				Image: cfg.WaypointImage, TrustDomain: cfg.TrustDomain,
+				CAAddress: cfg.DiscoveryAddress(), XDSAddress: cfg.DiscoveryAddress(),
+			},
+			Log: log.With("controller", "waypoint"),
+		})
+		if err != nil {
+			return err
+		}
 	}
 	reviewer := &kube.TokenReviewer{Client: client, Audience: cfg.TokenAudience}
 	xdsSrv, err = xds.NewServer(xds.ServerOptions{
@@ -142,13 +161,19 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	rootCMs.Start(ctx.Done())
 	xdsFactory.Start(ctx.Done())
 	istioFactory.Start(ctx.Done())
+	gatewayFactory.Start(ctx.Done())
 	defer factory.Shutdown()
 	defer rootCMs.Shutdown()
 	defer xdsFactory.Shutdown()
 	defer istioFactory.Shutdown()
+	defer gatewayFactory.Shutdown()
 	g.Go(func() error { return publisher.Run(ctx) })
 	g.Go(func() error { return ctrl.Run(ctx) })
 	g.Go(func() error { return xdsSrv.Run(ctx) })
+	if deployer != nil {
+		// Not awaited for readiness: without the Gateway API CRDs it waits for them.
+		g.Go(func() error { return deployer.Run(ctx) })
+	}
 	if !cache.WaitForCacheSync(ctx.Done(), pods.HasSynced) {
 		return errors.Join(fmt.Errorf("waiting for the pod cache: %w", ctx.Err()), stop(health, g))
 	}
@@ -246,7 +271,7 @@ func authenticateStream(ctx context.Context, reviewer *kube.TokenReviewer) (any,
 	return nil, errors.New("no bearer token in the authorization metadata (send a ServiceAccount token with audience istio-ca)")
 }
 
-func kubeClients(kubeconfig string) (kubernetes.Interface, istioclient.Interface, error) {
+func kubeClients(kubeconfig string) (kubernetes.Interface, istioclient.Interface, gatewayclient.Interface, error) {
 	var cfg *rest.Config
 	var err error
 	if kubeconfig == "" {
@@ -255,16 +280,20 @@ func kubeClients(kubeconfig string) (kubernetes.Interface, istioclient.Interface
 		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("loading Kubernetes client configuration (set --kubeconfig outside a cluster): %w", err)
+		return nil, nil, nil, fmt.Errorf("loading Kubernetes client configuration (set --kubeconfig outside a cluster): %w", err)
 	}
 	cfg.UserAgent = "istiod-lite"
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return nil, nil, fmt.Errorf("creating Kubernetes client: %w", err)
+		return nil, nil, nil, fmt.Errorf("creating Kubernetes client: %w", err)
 	}
 	istio, err := istioclient.NewForConfig(cfg)
 	if err != nil {
-		return nil, nil, fmt.Errorf("creating Istio client: %w", err)
+		return nil, nil, nil, fmt.Errorf("creating Istio client: %w", err)
 	}
-	return client, istio, nil
+	gateways, err := gatewayclient.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("creating Gateway API client: %w", err)
+	}
+	return client, istio, gateways, nil
 }

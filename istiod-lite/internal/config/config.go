@@ -16,6 +16,9 @@ import (
 	"github.com/ambient-lite/ambient-lite/pkg/identity"
 )
 
+// DefaultWaypointImage is the waypoint image the local cluster's image builder tags.
+const DefaultWaypointImage = "ambient-lite.local/waypoint:dev"
+
 // Config is istiod-lite's validated configuration.
 type Config struct {
 	// Namespace is where istiod-lite runs and keeps its CA Secrets (POD_NAMESPACE).
@@ -41,6 +44,9 @@ type Config struct {
 	TrustedNodeAccounts []caserver.Account
 	// TokenAudience is the audience callers' tokens must carry.
 	TokenAudience string
+	// WaypointImage is the image of the waypoints deployed for Gateways of class
+	// istio-waypoint (WAYPOINT_IMAGE); empty disables the waypoint deployer.
+	WaypointImage string
 	LogLevel      slog.Level
 }
 
@@ -80,6 +86,7 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (Config,
 	fs.DurationVar(&c.RootCertTTL, "root-cert-ttl", envDuration("CITADEL_SELF_SIGNED_CA_CERT_TTL", 10*365*24*time.Hour), "validity of a generated self-signed root")
 	fs.StringVar(&trusted, "trusted-node-accounts", getenv("CA_TRUSTED_NODE_ACCOUNTS"), "comma-separated namespace/serviceaccount of node proxies that may request other identities (default <namespace>/ztunnel)")
 	fs.StringVar(&c.TokenAudience, "token-audience", env("TOKEN_AUDIENCE", "istio-ca"), "audience callers' ServiceAccount tokens must carry")
+	fs.StringVar(&c.WaypointImage, "waypoint-image", env("WAYPOINT_IMAGE", DefaultWaypointImage), "image of the waypoints deployed for Gateways of class istio-waypoint; empty deploys none (env WAYPOINT_IMAGE)")
 	fs.StringVar(&level, "log-level", env("LOG_LEVEL", "info"), "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
@@ -123,6 +130,13 @@ func (c Config) validate() error {
 		errs = append(errs, fmt.Errorf("max-cert-ttl %s exceeds root-cert-ttl %s", c.MaxCertTTL, c.RootCertTTL))
 	}
 	return errors.Join(errs...)
+}
+
+// DiscoveryAddress is the host:port proxies in the cluster dial for the CA and xDS: the
+// Service's namespaced name and the gRPC port.
+func (c Config) DiscoveryAddress() string {
+	_, port, _ := net.SplitHostPort(c.GRPCAddr)
+	return net.JoinHostPort(c.ServiceName+"."+c.Namespace+".svc", port)
 }
 
 // ServingDNSNames are the names clients may dial istiod-lite by.

@@ -24,6 +24,12 @@ func TestParse(t *testing.T) {
 	if got := c.ServingDNSNames(); got[0] != "istiod.mesh.svc" {
 		t.Errorf("serving names = %v", got)
 	}
+	if c.WaypointImage != DefaultWaypointImage || c.DiscoveryAddress() != "istiod.mesh.svc:15012" {
+		t.Errorf("waypoint image %q, discovery address %q", c.WaypointImage, c.DiscoveryAddress())
+	}
+	if c, err := Parse([]string{"--waypoint-image=", "--grpc-addr=127.0.0.1:1234"}, env(nil), io.Discard); err != nil || c.WaypointImage != "" || c.DiscoveryAddress() != "istiod.istio-system.svc:1234" {
+		t.Errorf("no waypoints: %+v, %v", c, err)
+	}
 
 	c, err = Parse([]string{"--max-cert-ttl=1h", "--trusted-node-accounts=a/b,c/d", "--trust-domain=example.org"},
 		env(map[string]string{"MAX_WORKLOAD_CERT_TTL": "2h"}), io.Discard)
