@@ -250,6 +250,7 @@ func (d *Deployer) syncGateway(ctx context.Context, namespace, name string) erro
 	if _, err := d.opts.Gateway.GatewayV1().Gateways(namespace).ApplyStatus(ctx, want, applyOptions); err != nil {
 		return fmt.Errorf("applying Gateway %s/%s status: %w", namespace, name, err)
 	}
+	d.log.Debug("applied", "kind", "Gateway/status", "namespace", namespace, "name", name)
 	return nil
 }
 
@@ -274,9 +275,11 @@ func applyIfManaged[T metav1.Object, A any](ctx context.Context, d *Deployer,
 			return nil
 		}
 	}
-	if _, err := apply(ctx, want, applyOptions); err != nil {
+	obj, err := apply(ctx, want, applyOptions)
+	if err != nil {
 		return fmt.Errorf("applying %T %s: %w", want, name, err)
 	}
+	d.log.Debug("applied", "kind", fmt.Sprintf("%T", obj), "namespace", obj.GetNamespace(), "name", name)
 	return nil
 }
 
