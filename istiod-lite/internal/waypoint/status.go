@@ -163,7 +163,11 @@ func resolve(host string, gw *gatewayv1.Gateway, obs Observed) (internal, intern
 		// A port the managed Service has, without endpoints yet: only endpoint sync lags.
 	}
 	if len(internal) > 0 {
-		for _, ip := range svc.Spec.ClusterIPs {
+		ips := svc.Spec.ClusterIPs
+		if len(ips) == 0 {
+			ips = []string{svc.Spec.ClusterIP}
+		}
+		for _, ip := range ips {
 			if _, err := netip.ParseAddr(ip); err == nil {
 				internalIPs = append(internalIPs, ip)
 			}
