@@ -111,6 +111,7 @@ func TestWaypointDeployment(t *testing.T) {
 		"POD_NAME": "fieldRef:metadata.name", "POD_NAMESPACE": "fieldRef:metadata.namespace", "INSTANCE_IP": "fieldRef:status.podIP",
 		"SERVICE_ACCOUNT": "fieldRef:spec.serviceAccountName", "GATEWAY_NAME": "waypoint", "TRUST_DOMAIN": "cluster.local",
 		"CA_ADDRESS": "istiod." + m.NS + ".svc:" + grpcPort, "XDS_ADDRESS": "istiod." + m.NS + ".svc:" + grpcPort,
+		"CA_SERVER_NAME": "istiod." + m.NS + ".svc",
 	}
 	for k, v := range wantEnv {
 		if env[k] != v {

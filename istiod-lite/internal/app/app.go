@@ -115,7 +115,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			Kube: client, Gateway: gateways, KubeInformers: xdsFactory, GatewayInformers: gatewayFactory,
 			Render: waypoint.RenderOptions{
 				Image: cfg.WaypointImage, TrustDomain: cfg.TrustDomain,
-				CAAddress: cfg.DiscoveryAddress(), XDSAddress: cfg.DiscoveryAddress(),
+				CAAddress: cfg.DiscoveryAddress(), XDSAddress: cfg.DiscoveryAddress(), CAServerName: cfg.ServingDNSNames()[0],
 			},
 			Log: log.With("controller", "waypoint"),
 		})

@@ -74,6 +74,7 @@ const (
 	EnvServiceAccount = "SERVICE_ACCOUNT"
 	EnvCAAddress      = "CA_ADDRESS"
 	EnvXDSAddress     = "XDS_ADDRESS"
+	EnvCAServerName   = "CA_SERVER_NAME"
 	EnvTrustDomain    = "TRUST_DOMAIN"
 )
 
@@ -93,6 +94,9 @@ type RenderOptions struct {
 	PullPolicy corev1.PullPolicy
 	// CAAddress and XDSAddress are istiod-lite's host:port for certificates and xDS; required.
 	CAAddress, XDSAddress string
+	// CAServerName is the name istiod-lite's serving certificate is checked for; empty leaves
+	// CA_SERVER_NAME unset (the waypoint's default, istiod.istio-system.svc).
+	CAServerName string
 	// TrustDomain of the mesh; empty leaves TRUST_DOMAIN unset (the waypoint's default).
 	TrustDomain string
 }
@@ -183,6 +187,9 @@ func Render(gw *gatewayv1.Gateway, opts RenderOptions) Objects {
 		corev1ac.EnvVar().WithName(EnvGatewayName).WithValue(gw.Name),
 		corev1ac.EnvVar().WithName(EnvCAAddress).WithValue(opts.CAAddress),
 		corev1ac.EnvVar().WithName(EnvXDSAddress).WithValue(opts.XDSAddress),
+	}
+	if opts.CAServerName != "" {
+		env = append(env, corev1ac.EnvVar().WithName(EnvCAServerName).WithValue(opts.CAServerName))
 	}
 	if opts.TrustDomain != "" {
 		env = append(env, corev1ac.EnvVar().WithName(EnvTrustDomain).WithValue(opts.TrustDomain))

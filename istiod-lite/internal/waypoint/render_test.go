@@ -21,10 +21,11 @@ import (
 var update = flag.Bool("update", false, "rewrite the golden files under testdata")
 
 var testRender = RenderOptions{
-	Image:       "ambient-lite.local/waypoint:dev",
-	CAAddress:   "istiod.istio-system.svc:15012",
-	XDSAddress:  "istiod.istio-system.svc:15012",
-	TrustDomain: "cluster.local",
+	Image:        "ambient-lite.local/waypoint:dev",
+	CAAddress:    "istiod.istio-system.svc:15012",
+	XDSAddress:   "istiod.istio-system.svc:15012",
+	CAServerName: "istiod.istio-system.svc",
+	TrustDomain:  "cluster.local",
 }
 
 // TestRender renders testdata/<case>-in.yaml (one Gateway) and compares the ServiceAccount,
