@@ -86,7 +86,8 @@ func TestIstioDeltaClientWaypoint(t *testing.T) {
 	service("web", nil)
 	service("legacy", map[string]string{"istio.io/use-waypoint": "ip-only"})
 	service("waiting", map[string]string{"istio.io/use-waypoint": "pending"})
-	service("waypoint", map[string]string{"gateway.istio.io/managed": "istio.io-mesh-controller"})
+	// A waypoint's own Service (istiod-lite's deployer makes "waypoint" itself when it runs).
+	service("waypoint-own", map[string]string{"gateway.istio.io/managed": "istio.io-mesh-controller"})
 	pod := func(name, podIP string, lbls map[string]string) {
 		t.Helper()
 		p, err := c.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
@@ -113,7 +114,7 @@ func TestIstioDeltaClientWaypoint(t *testing.T) {
 	svc := func(name string) string { return ns + "/" + name + "." + ns + ".svc.cluster.local" }
 	uid := func(name string) string { return "Kubernetes//Pod/" + ns + "/" + name }
 	want := map[string]*workloadapi.GatewayAddress{
-		svc("web"): byHostname, svc("legacy"): byIP, svc("waiting"): nil, svc("waypoint"): nil,
+		svc("web"): byHostname, svc("legacy"): byIP, svc("waiting"): nil, svc("waypoint-own"): nil,
 		uid("web-0"): byHostname, uid("opt-out"): nil, uid("waypoint-0"): nil,
 	}
 
