@@ -176,8 +176,10 @@ func Render(gw *gatewayv1.Gateway, opts RenderOptions) Objects {
 			WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/healthz/ready").WithPort(intstr.FromInt32(PortStatus)).WithScheme(corev1.URISchemeHTTP)).
 			WithFailureThreshold(failures).WithPeriodSeconds(period).WithSuccessThreshold(1).WithTimeoutSeconds(1)
 	}
+	// fieldRef is atomic: its defaulted apiVersion is part of what the apply owns, so it is
+	// spelled out for the applied and the stored object to compare equal.
 	fieldEnv := func(name, path string) *corev1ac.EnvVarApplyConfiguration {
-		return corev1ac.EnvVar().WithName(name).WithValueFrom(corev1ac.EnvVarSource().WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath(path)))
+		return corev1ac.EnvVar().WithName(name).WithValueFrom(corev1ac.EnvVarSource().WithFieldRef(corev1ac.ObjectFieldSelector().WithAPIVersion("v1").WithFieldPath(path)))
 	}
 	env := []*corev1ac.EnvVarApplyConfiguration{
 		fieldEnv(EnvPodName, "metadata.name"),
