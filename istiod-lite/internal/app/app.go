@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -97,8 +98,20 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	xdsFactory := informers.NewSharedInformerFactory(client, resyncPeriod)
 	istioFactory := istioinformers.NewSharedInformerFactory(istio, resyncPeriod)
 	var xdsSrv *xds.Server // set below, before the controller runs
+	// Gateways and GatewayClasses: the controller's waypoints, and the waypoint deployer. Without
+	// the Gateway API CRDs there are no waypoints (install them and restart istiod-lite).
+	gatewayFactory := gatewayinformers.NewSharedInformerFactory(gateways, resyncPeriod)
+	var waypointGateways gatewayinformers.SharedInformerFactory
+	if ok, err := gatewayAPIServed(client); err != nil {
+		return err
+	} else if ok {
+		waypointGateways = gatewayFactory
+	} else {
+		log.Warn("the Gateway API (gateway.networking.k8s.io/v1) is not served: waypoints are off until its CRDs are installed and istiod-lite restarts")
+		cfg.WaypointImage = ""
+	}
 	ctrl, err := controller.New(controller.Options{
-		Kube: xdsFactory, Istio: istioFactory,
+		Kube: xdsFactory, Istio: istioFactory, Gateway: waypointGateways,
 		Translate: translate.Options{TrustDomain: cfg.TrustDomain},
 		Policy:    translate.PolicyOptions{RootNamespace: cfg.RootNamespace},
 		Pusher:    pushFunc(func(typeURL string, names []string) { xdsSrv.Push(typeURL, names) }),
@@ -108,7 +121,6 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return err
 	}
 	// The waypoint deployer shares the xDS factory's Services and EndpointSlices.
-	gatewayFactory := gatewayinformers.NewSharedInformerFactory(gateways, resyncPeriod)
 	var deployer *waypoint.Deployer
 	if cfg.WaypointImage != "" {
 		deployer, err = waypoint.New(waypoint.Options{
@@ -296,4 +308,22 @@ func kubeClients(kubeconfig string) (kubernetes.Interface, istioclient.Interface
 		return nil, nil, nil, fmt.Errorf("creating Gateway API client: %w", err)
 	}
 	return client, istio, gateways, nil
+}
+
+// gatewayAPIServed tells whether the apiserver serves Gateway API v1 Gateways and
+// GatewayClasses (their CRDs are installed).
+func gatewayAPIServed(client kubernetes.Interface) (bool, error) {
+	list, err := client.Discovery().ServerResourcesForGroupVersion("gateway.networking.k8s.io/v1")
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("discovering the Gateway API: %w", err)
+	}
+	var gw, class bool
+	for _, r := range list.APIResources {
+		gw = gw || r.Name == "gateways"
+		class = class || r.Name == "gatewayclasses"
+	}
+	return gw && class, nil
 }
