@@ -1,6 +1,8 @@
 // Package app is istiod-lite's composition root: it binds the listeners, connects to
 // Kubernetes, loads or creates the CA root, starts the informers, the root publisher, the
-// xDS controller, the waypoint deployer and the gRPC CA and delta xDS services, and shuts them down in order. Nothing imports it but main.
+// xDS controller (workload API, authorization and the waypoints' L7 configuration), the
+// waypoint deployer, the HTTPRoute status writer and the gRPC CA and delta xDS services, and
+// shuts them down in order. Nothing imports it but main.
 package app
 
 import (
@@ -21,6 +23,7 @@ import (
 	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/config"
 	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/controller"
 	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/kube"
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/routestatus"
 	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/translate"
 	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/waypoint"
 	"github.com/ambient-lite/ambient-lite/pkg/xds"
@@ -107,18 +110,34 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	} else if ok {
 		waypointGateways = gatewayFactory
 	} else {
-		log.Warn("the Gateway API (gateway.networking.k8s.io/v1) is not served: waypoints are off until its CRDs are installed and istiod-lite restarts")
+		log.Warn("the Gateway API (gateway.networking.k8s.io/v1 Gateways, GatewayClasses, HTTPRoutes) is not served: waypoints are off until its CRDs are installed and istiod-lite restarts")
 		cfg.WaypointImage = ""
 	}
+	var routeStatus *routestatus.Reconciler // set below when waypoints are on, before the controller runs
 	ctrl, err := controller.New(controller.Options{
 		Kube: xdsFactory, Istio: istioFactory, Gateway: waypointGateways,
 		Translate: translate.Options{TrustDomain: cfg.TrustDomain},
 		Policy:    translate.PolicyOptions{RootNamespace: cfg.RootNamespace},
 		Pusher:    pushFunc(func(typeURL string, names []string) { xdsSrv.Push(typeURL, names) }),
-		Log:       log.With("controller", "xds"),
+		ServicesChanged: func() {
+			if routeStatus != nil {
+				routeStatus.ServicesChanged()
+			}
+		},
+		Log: log.With("controller", "xds"),
 	})
 	if err != nil {
 		return err
+	}
+	if waypointGateways != nil {
+		// HTTPRoute status, from the controller's view of the Services and their waypoints.
+		routeStatus, err = routestatus.New(routestatus.Options{
+			Client: gateways, Informers: gatewayFactory, Services: ctrl.L7Services, Ready: ctrl.Ready(),
+			Log: log.With("controller", "httproute-status"),
+		})
+		if err != nil {
+			return err
+		}
 	}
 	// The waypoint deployer shares the xDS factory's Services and EndpointSlices.
 	var deployer *waypoint.Deployer
@@ -182,6 +201,9 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	g.Go(func() error { return publisher.Run(ctx) })
 	g.Go(func() error { return ctrl.Run(ctx) })
 	g.Go(func() error { return xdsSrv.Run(ctx) })
+	if routeStatus != nil {
+		g.Go(func() error { return routeStatus.Run(ctx) })
+	}
 	if deployer != nil {
 		// Not awaited for readiness: without the Gateway API CRDs it waits for them.
 		g.Go(func() error { return deployer.Run(ctx) })
@@ -310,8 +332,8 @@ func kubeClients(kubeconfig string) (kubernetes.Interface, istioclient.Interface
 	return client, istio, gateways, nil
 }
 
-// gatewayAPIServed tells whether the apiserver serves Gateway API v1 Gateways and
-// GatewayClasses (their CRDs are installed).
+// gatewayAPIServed tells whether the apiserver serves Gateway API v1 Gateways,
+// GatewayClasses and HTTPRoutes (their CRDs are installed).
 func gatewayAPIServed(client kubernetes.Interface) (bool, error) {
 	list, err := client.Discovery().ServerResourcesForGroupVersion("gateway.networking.k8s.io/v1")
 	if apierrors.IsNotFound(err) {
@@ -320,10 +342,11 @@ func gatewayAPIServed(client kubernetes.Interface) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("discovering the Gateway API: %w", err)
 	}
-	var gw, class bool
+	var gw, class, routes bool
 	for _, r := range list.APIResources {
 		gw = gw || r.Name == "gateways"
 		class = class || r.Name == "gatewayclasses"
+		routes = routes || r.Name == "httproutes"
 	}
-	return gw && class, nil
+	return gw && class && routes, nil
 }

@@ -1,10 +1,13 @@
 // Package controller is istiod-lite's xDS glue: it watches Namespaces, Nodes, Pods,
 // Services, EndpointSlices, AuthorizationPolicies, PeerAuthentications, and Gateway API
-// Gateways and GatewayClasses (waypoints) through informers, retranslates only what each change touches into istio.workload.Address and
-// istio.security.Authorization resources with the pure translate package (at most one flush
-// per debounce period; a change after a quiet period at once), and serves them to pkg/xds
-// as Sources, pushing only the names that changed. It is not the xDS protocol (pkg/xds) nor
-// the translation (translate); only istiod-lite's composition root imports it.
+// Gateways, GatewayClasses (waypoints) and HTTPRoutes through informers, retranslates only
+// what each change touches into istio.workload.Address and istio.security.Authorization
+// resources with the pure translate package, and the waypoints' L7 configuration
+// (envoy.config.route.v3.RouteConfiguration) with the pure l7 package (at most one flush per
+// debounce period; a change after a quiet period at once), and serves them to pkg/xds as
+// Sources, pushing only the names that changed. RouteConfigurations go only to a waypoint's
+// own streams (see entitled). It is not the xDS protocol (pkg/xds) nor the translation
+// (translate, l7); only istiod-lite's composition root imports it.
 package controller
 
 import (
@@ -17,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/l7"
 	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/translate"
 	"github.com/ambient-lite/ambient-lite/pkg/xds"
 	"google.golang.org/protobuf/proto"
@@ -24,10 +28,12 @@ import (
 	securitylisters "istio.io/client-go/pkg/listers/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
 	gatewaylisters "sigs.k8s.io/gateway-api/pkg/client/listers/apis/v1"
 )
@@ -57,11 +63,12 @@ type Options struct {
 	// Istio provides the AuthorizationPolicy and PeerAuthentication informers. Required; the
 	// caller starts it (after New) and shuts it down.
 	Istio istioinformers.SharedInformerFactory
-	// Gateway provides the Gateway API v1 Gateway and GatewayClass informers, from which the
-	// waypoints are found (see translate.GatewayWaypoint). The caller starts it (after New)
-	// and shuts it down; the Gateway API CRDs must be installed (the informers sync before
-	// the first snapshot). If nil, no waypoint is known: no Service or Workload gets the
-	// waypoint field.
+	// Gateway provides the Gateway API v1 Gateway, GatewayClass and HTTPRoute informers,
+	// from which the waypoints are found (see translate.GatewayWaypoint) and their L7
+	// configuration built. The caller starts it (after New) and shuts it down; the Gateway
+	// API CRDs must be installed (the informers sync before the first snapshot). If nil, no
+	// waypoint is known: no Service or Workload gets the waypoint field, and no stream gets
+	// a RouteConfiguration.
 	Gateway gatewayinformers.SharedInformerFactory
 	// Translate are the mesh settings of workloads and services. The zero value is Istio's
 	// default single-cluster mesh.
@@ -71,6 +78,10 @@ type Options struct {
 	// Pusher is told, after each flush, the names that changed per type URL. If nil,
 	// nothing is pushed (clients only see changes on their next request).
 	Pusher Pusher
+	// ServicesChanged is called after a flush that changed L7Services (a Service added,
+	// removed, re-ported or bound to another waypoint), from Run's goroutine; it must not
+	// block. If nil, nothing is called.
+	ServicesChanged func()
 	// Debounce is the shortest time between two flushes. Zero means DefaultDebounce.
 	Debounce time.Duration
 	// Log receives translation problems. If nil, slog.Default().
@@ -96,6 +107,7 @@ type Controller struct {
 	// gateways and gatewayClasses are nil without Options.Gateway.
 	gateways       gatewaylisters.GatewayLister
 	gatewayClasses gatewaylisters.GatewayClassLister
+	httpRoutes     gatewaylisters.HTTPRouteLister
 	synced         []cache.InformerSynced
 
 	kick  chan struct{}
@@ -109,9 +121,12 @@ type Controller struct {
 	idx *index
 }
 
-// snapshot is one immutable build: resources by name, per type URL.
+// snapshot is one immutable build: resources by name, per type URL; the waypoints' L7
+// configurations by waypoint key ("namespace/name"); the Services as L7 sees them.
 type snapshot struct {
-	byType map[string]map[string]*xds.Resource
+	byType   map[string]map[string]*xds.Resource
+	routes   map[string]*waypointConfig
+	services map[types.NamespacedName]l7.Service
 }
 
 // New registers the informers and their event handlers.
@@ -180,9 +195,11 @@ func New(opts Options) (*Controller, error) {
 		markGateways := func(d *dirty, _, _ any) { d.gateways = true }
 		handlers = append(handlers,
 			watch{gw.Gateways().Informer(), markGateways},
-			watch{gw.GatewayClasses().Informer(), markGateways})
+			watch{gw.GatewayClasses().Informer(), markGateways},
+			watch{gw.HTTPRoutes().Informer(), markRoute})
 		c.gateways = gw.Gateways().Lister()
 		c.gatewayClasses = gw.GatewayClasses().Lister()
+		c.httpRoutes = gw.HTTPRoutes().Lister()
 	}
 	for _, h := range handlers {
 		reg, err := h.inf.AddEventHandler(c.handler(h.mark))
@@ -214,6 +231,18 @@ func markNamespace(d *dirty, old, obj any) {
 	if o, ok := old.(*corev1.Namespace); !ok || !maps.Equal(o.Labels, ns.Labels) {
 		d.serviceNamespaces[ns.Name] = struct{}{}
 	}
+}
+
+// markRoute marks the L7 configuration for retranslation, unless the event is a resync.
+func markRoute(d *dirty, old, obj any) {
+	r, ok := obj.(*gatewayv1.HTTPRoute)
+	if !ok {
+		return
+	}
+	if o, ok := old.(*gatewayv1.HTTPRoute); ok && o.ResourceVersion == r.ResourceVersion && r.ResourceVersion != "" {
+		return
+	}
+	d.routes = true
 }
 
 func markPolicy(d *dirty, _, obj any) {
@@ -365,20 +394,27 @@ func (c *Controller) flush() {
 		return
 	}
 	changed, skipped, notes := c.idx.apply(c, d)
+	servicesChanged := c.idx.l7changed
 	c.snap.Store(&snapshot{byType: map[string]map[string]*xds.Resource{
 		AddressType:       c.idx.addresses,
 		AuthorizationType: c.idx.authorizations,
-	}})
+	}, routes: c.idx.l7, services: c.idx.l7services})
 	for object, reason := range skipped {
 		c.log.Warn("object skipped by translation", "object", object, "reason", reason)
 	}
 	for object, reason := range notes {
 		c.log.Info("waypoint not bound", "object", object, "reason", reason)
 	}
+	for object, reason := range c.idx.freshL7Problems {
+		c.log.Warn("waypoint configuration problem", "object", object, "reason", reason)
+	}
+	if servicesChanged && c.opts.ServicesChanged != nil {
+		c.opts.ServicesChanged()
+	}
 	if c.opts.Pusher == nil {
 		return
 	}
-	for _, typeURL := range []string{AddressType, AuthorizationType} {
+	for _, typeURL := range []string{AddressType, AuthorizationType, RouteType} {
 		if names := changed[typeURL]; len(names) > 0 {
 			c.opts.Pusher.Push(typeURL, names)
 		}
@@ -404,13 +440,15 @@ func enrolled(pod *corev1.Pod, ns *corev1.Namespace) *corev1.Pod {
 	return cp
 }
 
-// Sources returns the xds.Sources of both type URLs, answered from the current snapshot.
-// A stream asking before the first snapshot waits for it (or for its own end), so a proxy
-// reconnecting to a fresh istiod-lite is never told its resources are gone.
+// Sources returns the xds.Sources of the three type URLs, answered from the current
+// snapshot. A stream asking before the first snapshot waits for it (or for its own end), so
+// a proxy reconnecting to a fresh istiod-lite is never told its resources are gone.
+// RouteType answers each stream with the configuration of the waypoint it is entitled to.
 func (c *Controller) Sources() map[string]xds.Source {
 	return map[string]xds.Source{
 		AddressType:       source{c: c, typeURL: AddressType},
 		AuthorizationType: source{c: c, typeURL: AuthorizationType},
+		RouteType:         routeSource{c: c},
 	}
 }
 

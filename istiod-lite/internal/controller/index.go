@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/l7"
 	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/translate"
 	"github.com/ambient-lite/ambient-lite/pkg/xds"
 	"google.golang.org/protobuf/proto"
@@ -18,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -40,6 +42,8 @@ type dirty struct {
 	serviceNamespaces map[string]struct{}
 	// gateways: a Gateway or GatewayClass changed, so the waypoints are recomputed.
 	gateways bool
+	// routes: an HTTPRoute changed, so the waypoints' L7 configuration is recomputed.
+	routes bool
 }
 
 type selection struct {
@@ -58,7 +62,7 @@ func newDirty() *dirty {
 func (d *dirty) empty() bool {
 	return !d.all && len(d.pods) == 0 && len(d.services) == 0 && len(d.namespaces) == 0 &&
 		len(d.nodes) == 0 && len(d.slices) == 0 && len(d.selections) == 0 && len(d.policyNamespaces) == 0 &&
-		len(d.serviceNamespaces) == 0 && !d.gateways
+		len(d.serviceNamespaces) == 0 && !d.gateways && !d.routes
 }
 
 // index is the controller's incremental state: the resources served and which object
@@ -79,6 +83,16 @@ type index struct {
 	// unbound maps Services whose waypoint is not used to the reason (istiod's binding
 	// status), logged once likewise.
 	unbound map[string]string
+	// l7services are the translatable Services as the L7 translation sees them, with the
+	// waypoint each is bound to (published copy-on-write; l7cloned: already copied in this
+	// apply; l7changed: changed in this apply).
+	l7services          map[types.NamespacedName]l7.Service
+	l7cloned, l7changed bool
+	// l7 are the waypoints' L7 configurations by key (published; replaced, never changed).
+	l7 map[string]*waypointConfig
+	// l7problems are the L7 translation's object errors, logged once (freshL7Problems: the
+	// new ones of the last apply).
+	l7problems, freshL7Problems map[string]string
 }
 
 func newIndex() *index {
@@ -86,7 +100,8 @@ func newIndex() *index {
 		addresses: map[string]*xds.Resource{}, authorizations: map[string]*xds.Resource{},
 		podNames: map[string]string{}, serviceNames: map[string]string{}, sliceNames: map[string][]string{},
 		selecting: selectorIndex{}, skipped: map[string]string{}, waypoints: translate.Waypoints{},
-		unbound: map[string]string{},
+		unbound: map[string]string{}, l7services: map[types.NamespacedName]l7.Service{},
+		l7: map[string]*waypointConfig{}, l7problems: map[string]string{},
 	}
 }
 
@@ -117,6 +132,7 @@ func (x *index) apply(c *Controller, d *dirty) (changes, map[string]string, map[
 		x.skipped[object] = reason
 	}
 	unskip := func(object string) { delete(x.skipped, object) }
+	x.l7cloned, x.l7changed, x.freshL7Problems = false, false, nil
 
 	aps, err := c.authzs.List(labels.Everything())
 	if err != nil {
@@ -238,10 +254,14 @@ func (x *index) apply(c *Controller, d *dirty) (changes, map[string]string, map[
 					delete(x.serviceNames, key)
 				}
 				unbound(object, nil)
+				x.setL7Service(key, nil)
 				continue
 			}
 			svcNS, _ := c.namespaces.Get(svc.Namespace)
 			unbound(object, translate.BindServiceWaypoint(s, svc, svcNS, x.waypoints))
+			w, _ := translate.ServiceWaypoint(svc, svcNS, x.waypoints) // as bound just above
+			l7s := l7Service(svc, s.Hostname, w)
+			x.setL7Service(key, &l7s)
 			rname := s.Namespace + "/" + s.Hostname
 			r, err := resource(AddressType, rname, &workloadapi.Address{Type: &workloadapi.Address_Service{Service: s}})
 			if err != nil {
@@ -426,6 +446,21 @@ func (x *index) apply(c *Controller, d *dirty) (changes, map[string]string, map[
 		set(w.Uid, r)
 	}
 	x.addresses = addresses
+
+	// The waypoints' L7 configuration.
+	if c.gateways != nil && (d.all || d.gateways || d.routes || len(d.policyNamespaces) > 0 || x.l7changed) {
+		names, problems := x.applyL7(c, aps, skip)
+		out[RouteType] = names
+		for object, reason := range problems {
+			if x.l7problems[object] != reason {
+				if x.freshL7Problems == nil {
+					x.freshL7Problems = map[string]string{}
+				}
+				x.freshL7Problems[object] = reason
+			}
+		}
+		x.l7problems = problems
+	}
 	return out, fresh, freshUnbound
 }
 

@@ -158,6 +158,12 @@ func canonicalService(labels map[string]string, workloadName string) (name, revi
 	return name, revision
 }
 
+// ServiceHostname is the workload API hostname of a Service,
+// <name>.<namespace>.svc.<domain suffix> (cluster.local when opts leaves it empty).
+func ServiceHostname(name, namespace string, opts Options) string {
+	return serviceHostname(name, namespace, opts.withDefaults().DomainSuffix)
+}
+
 // serviceHostname is the cluster DNS name of a Service.
 func serviceHostname(name, namespace, domainSuffix string) string {
 	return name + "." + namespace + ".svc." + domainSuffix
