@@ -40,8 +40,12 @@ func TestMerge(t *testing.T) {
 	const theirs gatewayv1.GatewayController = "example.com/gateway"
 	gwRef := gatewayv1.ParentReference{Name: "ingress"}
 	accepted := func(at metav1.Time) metav1.Condition { return cond("Accepted", metav1.ConditionTrue, "Accepted", at) }
-	resolved := func(at metav1.Time) metav1.Condition { return cond("ResolvedRefs", metav1.ConditionTrue, "ResolvedRefs", at) }
-	notFound := func(at metav1.Time) metav1.Condition { return cond("ResolvedRefs", metav1.ConditionFalse, "BackendNotFound", at) }
+	resolved := func(at metav1.Time) metav1.Condition {
+		return cond("ResolvedRefs", metav1.ConditionTrue, "ResolvedRefs", at)
+	}
+	notFound := func(at metav1.Time) metav1.Condition {
+		return cond("ResolvedRefs", metav1.ConditionFalse, "BackendNotFound", at)
+	}
 	zero := metav1.Time{}
 	tests := []struct {
 		name              string
