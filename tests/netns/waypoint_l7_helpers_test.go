@@ -306,8 +306,8 @@ func buildL7Translate(t testing.TB) string {
 
 // seenRequest is what a recording server got.
 type seenRequest struct {
-	Method, Path, Host string
-	Header             http.Header
+	Method, Path, Host, Proto, Body string
+	Header                          http.Header
 }
 
 // recorder is an HTTP server in a pod that records every request and answers with its
@@ -330,9 +330,9 @@ func recordingServer(t testing.TB, tp *Topology, ns, addr, name string) *recorde
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
 	srv := &http.Server{Protocols: &protos, ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
+		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<16))
 		rec.mu.Lock()
-		rec.reqs = append(rec.reqs, seenRequest{Method: r.Method, Path: r.URL.RequestURI(), Host: r.Host, Header: r.Header.Clone()})
+		rec.reqs = append(rec.reqs, seenRequest{Method: r.Method, Path: r.URL.RequestURI(), Host: r.Host, Proto: r.Proto, Body: string(body), Header: r.Header.Clone()})
 		rec.mu.Unlock()
 		w.Header().Set("X-Served-By", name)
 		_, _ = io.WriteString(w, name)

@@ -277,9 +277,26 @@ func (m *l7Mesh) l7Client(ns string, keepAlive bool) *http.Client {
 	}
 }
 
+// h2cClient sends HTTP/2 with prior knowledge (h2c) from a pod.
+func (m *l7Mesh) h2cClient(ns string) *http.Client {
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: m.tp.DialContext(ns), Protocols: &protos}}
+}
+
 func (m *l7Mesh) do(t *testing.T, c *http.Client, path string, header http.Header) l7Response {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, "http://10.96.0.20"+path, nil)
+	return m.send(t, c, http.MethodGet, path, header, "")
+}
+
+// send sends one request to Service echo and returns the answer.
+func (m *l7Mesh) send(t *testing.T, c *http.Client, method, path string, header http.Header, body string) l7Response {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, "http://10.96.0.20"+path, rd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,14 +306,14 @@ func (m *l7Mesh) do(t *testing.T, c *http.Client, path string, header http.Heade
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		t.Fatalf("GET %s: %v", path, err)
+		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
+	got, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatalf("GET %s: %v", path, err)
+		t.Fatalf("%s %s: %v", method, path, err)
 	}
-	return l7Response{code: resp.StatusCode, body: string(body), header: resp.Header}
+	return l7Response{code: resp.StatusCode, body: string(got), header: resp.Header}
 }
 
 // TestWaypointL7 is issue 11's end-to-end acceptance test: client pod → ztunnel A (captured)
@@ -427,6 +444,38 @@ func TestWaypointL7(t *testing.T) {
 		}
 	})
 
+	t.Run("mirror with a body", func(t *testing.T) {
+		body := "body-" + marker
+		r := m.send(t, client, http.MethodPost, "/mirror/post/"+marker, nil, body)
+		if r.code != http.StatusOK || r.body != "echo-v1" {
+			t.Fatalf("POST /mirror: %d %q, want echo-v1", r.code, r.body)
+		}
+		waitFor(t, 5*time.Second, "the mirror to see the POST", func() bool { return len(m.mirrorRec.matching("/mirror/post/"+marker)) > 0 })
+		for _, s := range []struct {
+			who string
+			rec *recorder
+		}{{"echo-v1", m.v1}, {"mirror", m.mirrorRec}} {
+			seen := s.rec.matching("/mirror/post/" + marker)
+			if len(seen) != 1 || seen[0].Method != http.MethodPost || seen[0].Body != body {
+				t.Errorf("%s saw %+v, want one POST with body %q", s.who, seen, body)
+			}
+		}
+	})
+
+	t.Run("h2c", func(t *testing.T) {
+		h2 := m.h2cClient(m.client)
+		for i := range 3 {
+			r := m.do(t, h2, fmt.Sprintf("/pinned/h2c/%s/%d", marker, i), nil)
+			if r.code != http.StatusOK || r.body != "echo-v1" {
+				t.Fatalf("h2c /pinned: %d %q, want echo-v1", r.code, r.body)
+			}
+		}
+		seen := m.v1.matching("/pinned/h2c/" + marker + "/")
+		if len(seen) != 3 || seen[0].Proto != "HTTP/2.0" {
+			t.Errorf("echo-v1 saw %d h2c requests, the first as %v; want 3 over HTTP/2.0 (the waypoint keeps the client's protocol)", len(seen), seen)
+		}
+	})
+
 	t.Run("DENY a path", func(t *testing.T) {
 		r := m.do(t, client, "/admin/"+marker, nil)
 		if r.code != http.StatusForbidden || r.body != "RBAC: access denied" {
@@ -453,6 +502,58 @@ func TestWaypointL7(t *testing.T) {
 		}
 		if n := len(m.v1.matching("/other/"+marker)) + len(m.v2.matching("/other/"+marker)); n != 0 {
 			t.Errorf("servers saw %d requests of client-other", n)
+		}
+	})
+
+	t.Run("metrics", func(t *testing.T) {
+		metrics := m.get(t, m.waypoint, "http://127.0.0.1:15020/metrics")
+		// requests sums istio_requests_total over the series carrying every label in want.
+		requests := func(want ...string) int {
+			n := 0
+			for _, l := range strings.Split(metrics, "\n") {
+				if !strings.HasPrefix(l, "istio_requests_total{") {
+					continue
+				}
+				ok := true
+				for _, w := range want {
+					ok = ok && strings.Contains(l, w)
+				}
+				if ok {
+					var v float64
+					_, _ = fmt.Sscan(l[strings.LastIndexByte(l, ' ')+1:], &v)
+					n += int(v)
+				}
+			}
+			return n
+		}
+		sleep, other := `source_principal="spiffe://cluster.local/ns/default/sa/sleep"`, `source_principal="spiffe://cluster.local/ns/default/sa/other"`
+		// A forwarded request is reported with the backend Service of the route's cluster (as
+		// Istio's waypoint takes it from the upstream cluster), a local reply with the Service
+		// the client addressed.
+		echo, echoV2 := `destination_service="echo.default.svc.cluster.local"`, `destination_service="echo-v2.default.svc.cluster.local"`
+		m.v2.mu.Lock()
+		servedV2 := len(m.v2.reqs)
+		m.v2.mu.Unlock()
+		for _, c := range []struct {
+			what   string
+			labels []string
+			want   int
+		}{
+			{"200s from echo-v2", []string{sleep, echoV2, `destination_workload="echo-v2"`, `response_code="200"`}, servedV2},
+			{"403s to client-other", []string{other, echo, `response_code="403"`}, 5},
+			{"403s to client", []string{sleep, echo, `response_code="403"`}, 1},
+			{"301s", []string{sleep, echo, `response_code="301"`}, 1},
+		} {
+			if got := requests(append(c.labels, `reporter="waypoint"`)...); got != c.want {
+				t.Errorf("waypoint istio_requests_total for %s = %d, want %d", c.what, got, c.want)
+			}
+		}
+		if t.Failed() {
+			for _, l := range strings.Split(metrics, "\n") {
+				if strings.HasPrefix(l, "istio_requests_total{") {
+					t.Log(l)
+				}
+			}
 		}
 	})
 
