@@ -49,7 +49,7 @@ func Run(ctx context.Context, cfg config.Config, log, accessLog *slog.Logger) er
 	rootsFn := func() []*x509.Certificate { return roots }
 	state, routes := meshstate.NewStore(cfg.TrustDomain), l7config.NewStore()
 
-	conn, err := discovery.Dial(cfg.XDSAddress, cfg.CAServerName, pool, cfg.TokenPath)
+	conn, err := xds.Dial(xds.DialOptions{Address: cfg.XDSAddress, ServerName: cfg.CAServerName, Roots: pool, TokenPath: cfg.TokenPath})
 	if err != nil {
 		return err
 	}

@@ -8,18 +8,11 @@
 package discovery
 
 import (
-	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
-	"os"
-	"strings"
 	"sync"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/types/known/structpb"
 	"istio.io/istio/pkg/workloadapi"
 
@@ -40,29 +33,6 @@ func Node(podIP, podName, podNamespace, gateway string) *corev3.Node {
 	meta, _ := structpb.NewStruct(map[string]any{"NAME": podName, "NAMESPACE": podNamespace, "GATEWAY_NAME": gateway, "INSTANCE_IPS": podIP})
 	return &corev3.Node{Id: fmt.Sprintf("waypoint~%s~%s.%s~%s.svc.cluster.local", podIP, podName, podNamespace, podNamespace), Metadata: meta}
 }
-
-// Dial returns a lazily connecting connection to the control plane at address, verified
-// with roots as serverName, authenticated by the token file (re-read per stream).
-func Dial(address, serverName string, roots *x509.CertPool, tokenPath string) (*grpc.ClientConn, error) {
-	creds := credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: serverName, MinVersion: tls.VersionTLS12})
-	conn, err := grpc.NewClient(address, grpc.WithTransportCredentials(creds), grpc.WithPerRPCCredentials(tokenFile(tokenPath)))
-	if err != nil {
-		return nil, fmt.Errorf("dialing xDS server %s: %w", address, err)
-	}
-	return conn, nil
-}
-
-type tokenFile string
-
-func (p tokenFile) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	b, err := os.ReadFile(string(p))
-	if err != nil {
-		return nil, fmt.Errorf("reading xDS token: %w", err)
-	}
-	return map[string]string{"authorization": "Bearer " + strings.TrimSpace(string(b))}, nil
-}
-
-func (tokenFile) RequireTransportSecurity() bool { return true }
 
 // Handler returns the xDS handler applying responses to state and routes; first is called
 // once per type URL, after its first response was applied.

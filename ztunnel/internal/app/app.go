@@ -56,7 +56,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		}
 		close(synced)
 	} else {
-		conn, err := discovery.Dial(discovery.DialOptions{Address: cfg.XDSAddress, ServerName: cfg.CAServerName, Roots: pool, TokenPath: cfg.TokenPath})
+		conn, err := xds.Dial(xds.DialOptions{Address: cfg.XDSAddress, ServerName: cfg.CAServerName, Roots: pool, TokenPath: cfg.TokenPath})
 		if err != nil {
 			return err
 		}
