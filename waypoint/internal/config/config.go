@@ -4,11 +4,9 @@
 package config
 
 import (
-	"errors"
 	"fmt"
+	"github.com/ambient-lite/ambient-lite/pkg/envconfig"
 	"net/netip"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/ambient-lite/ambient-lite/pkg/identity"
@@ -60,42 +58,8 @@ func (c Config) GatewayKey() string { return "gateway/" + c.PodNamespace + "/" +
 
 // FromEnv parses the configuration from getenv. Every bad value is reported, by name.
 func FromEnv(getenv func(string) string) (Config, error) {
-	var errs []error
-	str := func(name, def string) string {
-		if v := strings.TrimSpace(getenv(name)); v != "" {
-			return v
-		}
-		return def
-	}
-	required := func(name string) string {
-		v := str(name, "")
-		if v == "" {
-			errs = append(errs, fmt.Errorf("%s is required", name))
-		}
-		return v
-	}
-	addr := func(name, def string) netip.AddrPort {
-		v := str(name, def)
-		ap, err := netip.ParseAddrPort(v)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s=%q: want ip:port: %w", name, v, err))
-		}
-		return ap
-	}
-	dur := func(name string, def time.Duration) time.Duration {
-		v := str(name, "")
-		if v == "" {
-			return def
-		}
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			if secs, serr := strconv.Atoi(v); serr == nil {
-				return time.Duration(secs) * time.Second
-			}
-			errs = append(errs, fmt.Errorf("%s=%q: %w", name, v, err))
-		}
-		return d
-	}
+	r := envconfig.New(getenv)
+	str, required, addr, dur := r.String, r.Required, r.AddrPort, r.Duration
 	c := Config{
 		XDSAddress:   str(EnvXDSAddress, "istiod.istio-system.svc:15012"),
 		CAAddress:    str(EnvCAAddress, "istiod.istio-system.svc:15012"),
@@ -112,36 +76,22 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		Inbound:      addr(EnvInboundAddr, "0.0.0.0:15008"),
 		Readiness:    addr(EnvReadinessAddr, "0.0.0.0:15021"),
 		Stats:        addr(EnvStatsAddr, "0.0.0.0:15020"),
-		LogLevel:     str(EnvLogLevel, "info"),
+		LogLevel:     r.LogLevel(EnvLogLevel, "info"),
 	}
-	if v := required(EnvInstanceIP); v != "" {
-		ip, err := netip.ParseAddr(v)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s=%q: want an IP address", EnvInstanceIP, v))
-		}
-		c.InstanceIP = ip
+	if required(EnvInstanceIP) != "" {
+		c.InstanceIP = r.Addr(EnvInstanceIP)
 	}
 	sa := str(EnvServiceAccount, c.GatewayName) // Istio names the waypoint's account after the Gateway
 	if c.PodNamespace != "" && sa != "" {
 		id, err := identity.New(c.TrustDomain, c.PodNamespace, sa)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s=%q, %s=%q, %s=%q: %w", EnvTrustDomain, c.TrustDomain, EnvPodNamespace, c.PodNamespace, EnvServiceAccount, sa, err))
+			r.Fail(fmt.Errorf("%s=%q, %s=%q, %s=%q: %w", EnvTrustDomain, c.TrustDomain, EnvPodNamespace, c.PodNamespace, EnvServiceAccount, sa, err))
 		}
 		c.Identity = id
 	}
-	switch v := str(EnvAccessLog, "true"); v {
-	case "true", "false":
-		c.AccessLog = v == "true"
-	default:
-		errs = append(errs, fmt.Errorf("%s=%q: want true or false", EnvAccessLog, v))
-	}
+	c.AccessLog = r.Bool(EnvAccessLog, true)
 	if c.CertTTL <= 0 || c.Drain < 0 {
-		errs = append(errs, fmt.Errorf("%s must be positive and %s not negative", EnvCertTTL, EnvDrainDuration))
+		r.Fail(fmt.Errorf("%s must be positive and %s not negative", EnvCertTTL, EnvDrainDuration))
 	}
-	switch c.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		errs = append(errs, fmt.Errorf("%s=%q: want debug, info, warn or error", EnvLogLevel, c.LogLevel))
-	}
-	return c, errors.Join(errs...)
+	return c, r.Err()
 }

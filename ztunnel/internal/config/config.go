@@ -4,10 +4,9 @@
 package config
 
 import (
-	"errors"
 	"fmt"
+	"github.com/ambient-lite/ambient-lite/pkg/envconfig"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
@@ -80,46 +79,8 @@ type Config struct {
 
 // FromEnv parses the configuration from getenv.
 func FromEnv(getenv func(string) string) (Config, error) {
-	var errs []error
-	str := func(name, def string) string {
-		if v := strings.TrimSpace(getenv(name)); v != "" {
-			return v
-		}
-		return def
-	}
-	addr := func(name, def string) netip.AddrPort {
-		v := str(name, def)
-		ap, err := netip.ParseAddrPort(v)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s=%q: want ip:port: %w", name, v, err))
-		}
-		return ap
-	}
-	dur := func(name string, def time.Duration) time.Duration {
-		v := str(name, "")
-		if v == "" {
-			return def
-		}
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			if secs, serr := strconv.Atoi(v); serr == nil { // Istio writes plain seconds too
-				return time.Duration(secs) * time.Second
-			}
-			errs = append(errs, fmt.Errorf("%s=%q: %w", name, v, err))
-		}
-		return d
-	}
-	boolean := func(name string, def bool) bool {
-		v := str(name, "")
-		if v == "" {
-			return def
-		}
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s=%q: want true or false", name, v))
-		}
-		return b
-	}
+	r := envconfig.New(getenv)
+	str, addr, dur, boolean := r.String, r.AddrPort, r.Duration, r.Bool
 	c := Config{
 		LocalXDSPath:  str(EnvLocalXDSPath, ""),
 		XDSAddress:    str(EnvXDSAddress, "istiod.istio-system.svc:15012"),
@@ -142,29 +103,24 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		Readiness:     addr(EnvReadinessAddr, "0.0.0.0:15021"),
 		Stats:         addr(EnvStatsAddr, "0.0.0.0:15020"),
 		Admin:         addr(EnvAdminAddr, "127.0.0.1:15000"),
-		LogLevel:      str(EnvLogLevel, "info"),
+		LogLevel:      r.LogLevel(EnvLogLevel, "info"),
 		InPod:         boolean(EnvInPodEnabled, false),
 		ZDSPath:       str(EnvZDSPath, DefaultZDSPath),
 	}
 	if c.NodeName == "" {
-		errs = append(errs, fmt.Errorf("%s is required: ztunnel serves the workloads of its node", EnvNodeName))
+		r.Fail(fmt.Errorf("%s is required: ztunnel serves the workloads of its node", EnvNodeName))
 	}
 	if _, err := identity.New(c.TrustDomain, "ns", "sa"); err != nil {
-		errs = append(errs, fmt.Errorf("%s=%q: %w", EnvTrustDomain, c.TrustDomain, err))
+		r.Fail(fmt.Errorf("%s=%q: %w", EnvTrustDomain, c.TrustDomain, err))
 	}
 	if c.CertTTL <= 0 || c.Drain < 0 {
-		errs = append(errs, fmt.Errorf("%s must be positive and %s not negative", EnvCertTTL, EnvDrainDuration))
+		r.Fail(fmt.Errorf("%s must be positive and %s not negative", EnvCertTTL, EnvDrainDuration))
 	}
 	if !c.Admin.Addr().IsLoopback() {
-		errs = append(errs, fmt.Errorf("%s=%s: the admin server must listen on loopback", EnvAdminAddr, c.Admin))
+		r.Fail(fmt.Errorf("%s=%s: the admin server must listen on loopback", EnvAdminAddr, c.Admin))
 	}
 	if c.InPod && !strings.HasPrefix(c.ZDSPath, "/") {
-		errs = append(errs, fmt.Errorf("%s=%q: want an absolute path to the node agent's socket", EnvZDSPath, c.ZDSPath))
+		r.Fail(fmt.Errorf("%s=%q: want an absolute path to the node agent's socket", EnvZDSPath, c.ZDSPath))
 	}
-	switch c.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		errs = append(errs, fmt.Errorf("%s=%q: want debug, info, warn or error", EnvLogLevel, c.LogLevel))
-	}
-	return c, errors.Join(errs...)
+	return c, r.Err()
 }

@@ -1,0 +1,66 @@
+package envconfig
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestReader(t *testing.T) {
+	env := map[string]string{
+		"S": "  value ", "ADDR": "10.0.0.1:80", "BADADDR": "10.0.0.1", "IP": "fd00::1", "BADIP": "nope",
+		"D": "250ms", "SECS": "30", "BADD": "soon", "B": "true", "BADB": "yes", "LVL": "debug", "BADLVL": "loud",
+	}
+	r := New(func(k string) string { return env[k] })
+	if got := r.String("S", "d"); got != "value" {
+		t.Errorf("String = %q, want the trimmed value", got)
+	}
+	if got := r.String("MISSING", "d"); got != "d" {
+		t.Errorf("String of an unset name = %q, want the default", got)
+	}
+	if got := r.AddrPort("ADDR", ""); got != netip.MustParseAddrPort("10.0.0.1:80") {
+		t.Errorf("AddrPort = %v", got)
+	}
+	if got := r.AddrPort("MISSING", "0.0.0.0:15008"); got.Port() != 15008 {
+		t.Errorf("AddrPort default = %v", got)
+	}
+	if got := r.Addr("IP"); got != netip.MustParseAddr("fd00::1") {
+		t.Errorf("Addr = %v", got)
+	}
+	if got := r.Duration("D", 0); got != 250*time.Millisecond {
+		t.Errorf("Duration = %v", got)
+	}
+	if got := r.Duration("SECS", 0); got != 30*time.Second {
+		t.Errorf("Duration of plain seconds = %v, want 30s", got)
+	}
+	if got := r.Duration("MISSING", time.Minute); got != time.Minute {
+		t.Errorf("Duration default = %v", got)
+	}
+	if !r.Bool("B", false) || r.Bool("MISSING", false) {
+		t.Error("Bool: want true for B and the default for an unset name")
+	}
+	if got := r.LogLevel("LVL", "info"); got != "debug" {
+		t.Errorf("LogLevel = %q", got)
+	}
+	if err := r.Err(); err != nil {
+		t.Fatalf("good values gave errors: %v", err)
+	}
+
+	r.Required("REQ")
+	r.AddrPort("BADADDR", "")
+	r.Addr("BADIP")
+	r.Duration("BADD", 0)
+	r.Bool("BADB", false)
+	r.LogLevel("BADLVL", "info")
+	err := r.Err()
+	if err == nil {
+		t.Fatal("bad values gave no error")
+	}
+	for _, want := range []string{"REQ is required", `BADADDR="10.0.0.1": want ip:port`, `BADIP="nope": want an IP address`,
+		`BADD="soon"`, `BADB="yes": want true or false`, `BADLVL="loud": want debug, info, warn or error`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not report %q", err, want)
+		}
+	}
+}
