@@ -26,7 +26,7 @@ IMAGES ?=
 CLUSTER_TOOLS := etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy \
 	bridge host-local loopback portmap coredns echo-server echo-client fortio
 
-.PHONY: setup tools build generate generate-check lint test demo cluster-up cluster-down images bench bench-l4 bench-xds bench-cni clean
+.PHONY: setup tools build generate generate-check lint test demo cluster-up cluster-down images bench bench-l4 bench-l7 bench-xds bench-cni clean
 
 ## setup: install system packages (apt) and build the pinned tools; idempotent
 setup:
@@ -70,6 +70,10 @@ bench: setup
 ## bench-l4: iperf3 and fortio through (a) direct TCP, (b) two ztunnels, (c) an stunnel pair; prints a table (root)
 bench-l4: setup
 	$(GO) test -count=1 -timeout 20m -run '^$$' -bench '^BenchmarkL4$$' -benchtime 1x ./tests/netns/
+
+## bench-l7: fortio HTTP/1.1 via (a) direct, (b) ztunnel, waypoint, ztunnel, (c) caddy; a table with the goals (root); BENCH_L7_FLAGS="-bench-l7-duration=5s -bench-l7-profile=DIR"
+bench-l7: setup
+	$(GO) test -count=1 -timeout 30m -run '^$$' -bench '^BenchmarkL7$$' -benchtime 1x ./tests/netns/ $(BENCH_L7_FLAGS)
 
 ## bench-xds: 10,000 pods and 1,000 services; one-pod changes to 100 delta xDS streams; p50/p99 and istiod-lite RSS
 bench-xds: setup

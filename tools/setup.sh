@@ -15,7 +15,7 @@ PACKAGES=(
 	# container runtime for the local kubelet nodes; busybox is the shell of the test app images
 	containerd runc busybox-static
 	# load generators and comparison peers for benchmarks
-	iperf3 stunnel4 haproxy socat
+	iperf3 stunnel4 haproxy socat caddy
 	# build basics
 	git make gcc ca-certificates procps psmisc util-linux
 )
@@ -41,6 +41,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 	trap '[ "$cleanup_policy" = true ] && $sudo rm -f "$policy"' EXIT
 	$sudo apt-get update -qq
 	$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# caddy (bench-l7's reverse proxy baseline; the benchmark runs its own) is packaged as an
+# enabled system service: policy-rc.d kept it from starting, keep it from starting at boot.
+if systemctl is-enabled --quiet caddy.service 2>/dev/null; then
+	sudo=""
+	[ "$(id -u)" -eq 0 ] || sudo=sudo
+	$sudo systemctl disable --now --quiet caddy.service 2>/dev/null || $sudo systemctl disable --quiet caddy.service
 fi
 
 "$root/tools/build.sh"
