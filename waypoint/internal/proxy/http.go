@@ -83,7 +83,7 @@ func (p *Proxy) handle(x *exchange, r *http.Request) {
 	if mreq.Path == "" {
 		mreq.Path = r.URL.RequestURI()
 	}
-	vh := st.plan.VHost
+	vh := p.virtualHost(st)
 	attrs := l4Attributes(st)
 	attrs.HTTP, attrs.Request = true, mreq
 	d := vh.Authz.Evaluate(attrs)
@@ -113,6 +113,19 @@ func (p *Proxy) handle(x *exchange, r *http.Request) {
 	default:
 		p.forward(x, r, rt, vh)
 	}
+}
+
+// virtualHost is the virtual host for a request on st, from the current route tables, as
+// Envoy takes the route configuration per request: a stream kept alive across an update
+// gets the new routes and policies. If the stream's configuration is gone, the one it was
+// accepted with serves.
+func (p *Proxy) virtualHost(st *stream) *l7config.VirtualHost {
+	if t, ok := p.opts.Routes()[st.plan.Key]; ok {
+		if vh := t.VirtualHost(st.plan.Target.Port()); vh != nil {
+			return vh
+		}
+	}
+	return st.plan.VHost
 }
 
 func orNone(s string) string {
