@@ -204,7 +204,8 @@ func CompileHeader(m *routev3.HeaderMatcher) (Header, error) {
 func (h Header) Name() string { return h.name }
 
 // Match reports whether the request's header matches, with Envoy's treatment of an absent
-// header: a presence matcher compares presence, any other matcher fails (then inverted).
+// header: a presence matcher compares presence (then inverted), any other matcher fails
+// even when inverted, unless treat_missing_header_as_empty matches it as "".
 func (h Header) Match(r *Request) bool {
 	v, ok := r.Lookup(h.name)
 	if !ok && h.missingAsEmpt {
@@ -214,7 +215,7 @@ func (h Header) Match(r *Request) bool {
 		if h.present != nil {
 			return !*h.present != h.invert
 		}
-		return h.invert
+		return false
 	}
 	var m bool
 	switch {
