@@ -466,11 +466,15 @@ func (m *mesh) cpuProfile(ns, addr string, seconds int, path string) error {
 	return f.Close()
 }
 
-// pprofTop is `go tool pprof -top` of a profile of bin.
+// pprofTop is `go tool pprof -top` of a profile of bin, by flat and by cumulative time.
 func pprofTop(bin, profile string, nodes int) (string, error) {
-	out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount", strconv.Itoa(nodes), bin, profile).CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("go tool pprof: %v\n%s", err, out)
+	var b strings.Builder
+	for _, order := range []string{"-flat", "-cum"} {
+		out, err := exec.Command("go", "tool", "pprof", "-top", order, "-nodecount", strconv.Itoa(nodes), bin, profile).CombinedOutput()
+		if err != nil {
+			return "", fmt.Errorf("go tool pprof: %v\n%s", err, out)
+		}
+		fmt.Fprintf(&b, "by %s time:\n%s\n", strings.TrimPrefix(order, "-"), out)
 	}
-	return string(out), nil
+	return b.String(), nil
 }

@@ -141,7 +141,7 @@ func BenchmarkL7(b *testing.B) {
 			r.rssMB[name] = peaks[pid] / 1e6
 		}
 		if p.profile {
-			top, err := pprofTop(waypointBin, profilePath, 30)
+			top, err := pprofTop(waypointBin, profilePath, 25)
 			if err != nil {
 				t.Error(err)
 			}
