@@ -1,0 +1,58 @@
+package accesslog
+
+import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLog(t *testing.T) {
+	var buf bytes.Buffer
+	l := New(slog.New(slog.NewJSONHandler(&buf, nil)))
+	l.Log(&Entry{
+		Method: "GET", Path: "/reviews/1?x=y", Authority: "reviews.ns1.svc.cluster.local:9080", Status: 503, Flags: "UF",
+		Duration: 1500 * time.Microsecond, Upstream: "10.0.0.11:9080", Cluster: "outbound|9080||reviews.ns1.svc.cluster.local",
+		SourcePrincipal: "spiffe://cluster.local/ns/client/sa/sleep", RequestID: "req-1", BytesReceived: 12, BytesSent: 91,
+	})
+	l.Log(&Entry{Status: 0, Flags: "-", Duration: time.Second, Upstream: "10.0.0.20:7000", BytesReceived: 5, BytesSent: 7})
+
+	lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("%d lines, want one per entry:\n%s", len(lines), buf.String())
+	}
+	var req, conn map[string]any
+	if err := json.Unmarshal([]byte(lines[0]), &req); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(lines[1]), &conn); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{
+		"level": "INFO", "msg": "request", "method": "GET", "path": "/reviews/1?x=y", "authority": "reviews.ns1.svc.cluster.local:9080",
+		"status": 503.0, "flags": "UF", "duration_ms": 1.5, "upstream": "10.0.0.11:9080",
+		"cluster": "outbound|9080||reviews.ns1.svc.cluster.local", "source_principal": "spiffe://cluster.local/ns/client/sa/sleep",
+		"request_id": "req-1", "bytes_received": 12.0, "bytes_sent": 91.0,
+	}
+	for k, v := range want {
+		if req[k] != v {
+			t.Errorf("request line: %s = %#v, want %#v", k, req[k], v)
+		}
+	}
+	if len(req) != len(want)+1 { // and time
+		t.Errorf("request line has %d fields, want %d: %s", len(req), len(want)+1, lines[0])
+	}
+	if conn["msg"] != "connection" || conn["duration_ms"] != 1000.0 || conn["bytes_received"] != 5.0 || conn["bytes_sent"] != 7.0 || conn["upstream"] != "10.0.0.20:7000" {
+		t.Errorf("connection line: %s", lines[1])
+	}
+}
+
+func TestNil(t *testing.T) {
+	if New(nil) != nil {
+		t.Error("New(nil) is not nil")
+	}
+	var l *Logger
+	l.Log(&Entry{Method: "GET"}) // writes nothing, does not panic
+}
