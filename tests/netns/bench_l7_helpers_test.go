@@ -131,12 +131,10 @@ const (
 // plus echo-v2, the waypoint pod and a caddy pod on node B.
 type benchL7Mesh struct {
 	*mesh
-	ca                     *testca.Server
-	serverV2, waypoint     string
-	caddy                  string
-	xds                    *xdsServer
-	waypointCmd, caddyCmd  *exec.Cmd
-	waypointBin, fortioBin string
+	ca                        *testca.Server
+	serverV2, waypoint, caddy string
+	xds                       *xdsServer
+	waypointCmd, caddyCmd     *exec.Cmd
 }
 
 // newBenchL7Mesh builds the topology, runs fortio servers in echo-v1 and echo-v2 and
@@ -146,7 +144,7 @@ type benchL7Mesh struct {
 func newBenchL7Mesh(t testing.TB, fortio string) *benchL7Mesh {
 	t.Helper()
 	ca := testca.Start(t)
-	m := &benchL7Mesh{mesh: newMeshWith(t, node{ca: ca, config: benchL7MeshConfig}, node{ca: ca, config: benchL7MeshConfig}), ca: ca, fortioBin: fortio}
+	m := &benchL7Mesh{mesh: newMeshWith(t, node{ca: ca, config: benchL7MeshConfig}, node{ca: ca, config: benchL7MeshConfig}), ca: ca}
 	tp := m.tp
 	m.serverV2, m.waypoint, m.caddy = tp.Namespace("echo-v2"), tp.Namespace("waypoint"), tp.Namespace("caddy")
 	tp.Link(m.serverV2, "eth0", "10.10.4.2/24", m.nodeB, "vserver2", "10.10.4.1/24")

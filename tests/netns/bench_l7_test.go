@@ -90,7 +90,7 @@ func BenchmarkL7(b *testing.B) {
 		{name: "(a) direct pod to pod", url: fmt.Sprintf("http://10.10.2.2:%d/echo", l7FortioDirect)},
 		{name: "(b1) waypoint, no HTTPRoute", url: "http://10.96.0.20/echo", procs: mesh, profile: *benchL7Profile != ""},
 		{name: "(b2) waypoint, 80/20 HTTPRoute", url: "http://10.96.0.24/echo", procs: mesh},
-		{name: "(b3) (b1), access log off", url: "http://10.96.0.20/echo", procs: mesh, before: func() {
+		{name: "(b3) no HTTPRoute, no access log", url: "http://10.96.0.20/echo", procs: mesh, before: func() {
 			m.startWaypoint(t, waypointBin, append([]string{"ACCESS_LOG=false"}, waypointEnv...)...)
 		}},
 		{name: "(c) caddy reverse proxy", url: fmt.Sprintf("http://10.10.7.2:%d/echo", l7Caddy), procs: []benchL7Proc{caddyProc}},
