@@ -49,6 +49,30 @@ func TestLog(t *testing.T) {
 	}
 }
 
+func TestDryRun(t *testing.T) {
+	var buf bytes.Buffer
+	New(slog.New(slog.NewJSONHandler(&buf, nil))).Log(&Entry{Method: "GET", DryRun: []DryRun{
+		{Prefix: "istio_dry_run_deny_", Result: "denied", Policy: "ns[a]-policy[b]-rule[0]"},
+		{Prefix: "istio_dry_run_allow_", Result: "denied"},
+	}})
+	var line map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &line); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{
+		"istio_dry_run_deny_shadow_engine_result": "denied", "istio_dry_run_deny_shadow_effective_policy_id": "ns[a]-policy[b]-rule[0]",
+		"istio_dry_run_allow_shadow_engine_result": "denied",
+	}
+	for k, v := range want {
+		if line[k] != v {
+			t.Errorf("%s = %v, want %v", k, line[k], v)
+		}
+	}
+	if _, ok := line["istio_dry_run_allow_shadow_effective_policy_id"]; ok {
+		t.Error("a policy id is written for a shadow engine no policy of which matched")
+	}
+}
+
 func TestNil(t *testing.T) {
 	if New(nil) != nil {
 		t.Error("New(nil) is not nil")

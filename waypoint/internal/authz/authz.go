@@ -5,7 +5,9 @@
 // attributes of a request or, for TCP, of a connection.
 //
 // Istio's order applies: any matching DENY policy denies; then, if an ALLOW rule set is
-// present, one of its policies must match; AUDIT policies only report. Over TCP (no HTTP
+// present, one of its policies must match; AUDIT policies only report. Dry-run policies
+// (shadow_rules beside the rules of the DENY and ALLOW filters) are evaluated as Envoy's
+// shadow engine does and reported in the Decision, never enforced. Over TCP (no HTTP
 // attributes) it follows Istio's TCP translation: an ALLOW policy that needs an HTTP
 // attribute never matches, and a DENY policy ignores its HTTP-only conditions (it denies
 // more broadly).
@@ -60,12 +62,17 @@ type Decision struct {
 	Policy string
 	// Audit lists the AUDIT policies that matched.
 	Audit []string
+	// Shadow holds the dry-run decisions of the filters the request reached: the DENY
+	// filter's always, the ALLOW filter's unless an enforced DENY policy matched (Envoy
+	// runs Istio's filters in that order, each shadow engine before its own).
+	Shadow []Shadow
 }
 
 // Engine is a virtual host's compiled policies. The nil Engine allows everything.
 type Engine struct {
-	deny, allow, audit []*policy
-	hasAllow           bool
+	deny, allow, audit      []*policy
+	hasAllow                bool
+	shadowDeny, shadowAllow *shadowEngine
 }
 
 type policy struct {
@@ -90,13 +97,23 @@ func Compile(perFilter map[string]*anypb.Any) (*Engine, error) {
 		if err := a.UnmarshalTo(per); err != nil {
 			return nil, fmt.Errorf("%s: decoding RBACPerRoute: %w", key, err)
 		}
-		if per.GetRbac().GetMatcher() != nil {
+		if per.GetRbac().GetMatcher() != nil || per.GetRbac().GetShadowMatcher() != nil {
 			return nil, fmt.Errorf("%s: RBAC matcher trees are not supported", key)
 		}
 		rules := per.GetRbac().GetRules()
 		want := map[string]rbacv3.RBAC_Action{KeyDeny: rbacv3.RBAC_DENY, KeyAllow: rbacv3.RBAC_ALLOW, KeyAudit: rbacv3.RBAC_LOG}[key]
+		shadow, err := compileShadow(key, want, per.GetRbac())
+		if err != nil {
+			return nil, err
+		}
+		switch key {
+		case KeyDeny:
+			e.shadowDeny = shadow
+		case KeyAllow:
+			e.shadowAllow = shadow
+		}
 		if rules == nil {
-			if key == KeyAllow {
+			if key == KeyAllow && shadow == nil {
 				e.hasAllow = true // no rules under ALLOW: nothing is allowed
 			}
 			continue
@@ -121,6 +138,23 @@ func Compile(perFilter map[string]*anypb.Any) (*Engine, error) {
 		return nil, nil
 	}
 	return e, nil
+}
+
+// compileShadow compiles the shadow_rules of key's filter (nil if it has none); they must
+// have the filter's action.
+func compileShadow(key string, want rbacv3.RBAC_Action, cfg *rbachttpv3.RBAC) (*shadowEngine, error) {
+	rules := cfg.GetShadowRules()
+	if rules == nil {
+		return nil, nil
+	}
+	if key == KeyAudit || rules.GetAction() != want {
+		return nil, fmt.Errorf("%s: shadow rules with action %s are not supported", key, rules.GetAction())
+	}
+	ps, err := compileRules(rules)
+	if err != nil {
+		return nil, fmt.Errorf("%s: shadow rules: %w", key, err)
+	}
+	return &shadowEngine{prefix: cfg.GetShadowRulesStatPrefix(), action: want, policies: ps}, nil
 }
 
 func compileRules(r *rbacv3.RBAC) ([]*policy, error) {
@@ -167,12 +201,14 @@ func (e *Engine) Evaluate(a *Attributes) Decision {
 			d.Audit = append(d.Audit, p.name)
 		}
 	}
+	d.Shadow = e.shadowDeny.evaluate(a)
 	for _, p := range e.deny {
 		if p.matches(a, true) {
 			d.Policy = p.name
 			return d
 		}
 	}
+	d.Shadow = append(d.Shadow, e.shadowAllow.evaluate(a)...)
 	if !e.hasAllow {
 		d.Allowed = true
 		return d

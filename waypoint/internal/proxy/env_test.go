@@ -23,6 +23,7 @@ import (
 	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
 	"github.com/ambient-lite/ambient-lite/pkg/mtls"
 	"github.com/ambient-lite/ambient-lite/pkg/mtls/mtlstest"
+	"github.com/ambient-lite/ambient-lite/pkg/testenv"
 	"github.com/ambient-lite/ambient-lite/waypoint/internal/accesslog"
 	"github.com/ambient-lite/ambient-lite/waypoint/internal/l7config"
 	"github.com/ambient-lite/ambient-lite/waypoint/internal/metrics"
@@ -48,6 +49,7 @@ type env struct {
 	wpAddr   string
 	metrics  *metrics.Metrics
 	ztunnels map[netip.AddrPort]string // fake pod HBONE address -> loopback listener
+	logs     *testenv.Buffer           // the proxy's diagnostic and access logs, JSON lines
 
 	mu   sync.Mutex
 	seen []seen
@@ -98,10 +100,12 @@ func newEnv(t *testing.T, addrs []*workloadapi.Address) *env {
 	}
 	wpCert := e.ca.Issue(t, e.wpID)
 	srvCert, cliCert := mtlstest.Static(wpCert)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	e.logs = &testenv.Buffer{}
+	var out io.Writer = e.logs
 	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		out = io.MultiWriter(e.logs, tWriter{t})
 	}
+	log := slog.New(slog.NewJSONHandler(out, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	p, err := proxy.New(proxy.Options{
 		Identity: e.wpID, GatewayKey: "gateway/ns1/waypoint",
 		State: e.store.Snapshot, Routes: e.routes.Current,

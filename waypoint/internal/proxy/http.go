@@ -41,6 +41,7 @@ type exchange struct {
 	route    meshstate.Route
 	details  string
 	reqBytes int64
+	dryRun   []accesslog.DryRun
 }
 
 func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
@@ -87,6 +88,7 @@ func (p *Proxy) handle(x *exchange, r *http.Request) {
 	attrs := l4Attributes(st)
 	attrs.HTTP, attrs.Request = true, mreq
 	d := vh.Authz.Evaluate(attrs)
+	x.dryRun = p.shadow(d, attrs, st)
 	if len(d.Audit) > 0 {
 		p.log.Info("rbac audit", "policies", d.Audit, "principal", attrs.Principal, "path", mreq.Path, "allowed", d.Allowed)
 	}
@@ -324,7 +326,7 @@ func (p *Proxy) record(x *exchange, r *http.Request) {
 	e := &accesslog.Entry{
 		Method: r.Method, Path: r.RequestURI, Authority: r.Host, Status: code, Flags: x.flags, Duration: d,
 		Cluster: x.cluster, SourcePrincipal: principal(x.st), RequestID: r.Header.Get("X-Request-Id"),
-		BytesReceived: reqBytes, BytesSent: x.w.n,
+		BytesReceived: reqBytes, BytesSent: x.w.n, DryRun: x.dryRun,
 	}
 	if x.route.Target.IsValid() {
 		e.Upstream = x.route.Target.String()

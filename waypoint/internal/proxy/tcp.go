@@ -37,7 +37,10 @@ func principal(st *stream) string {
 // tcpUpstream authorizes a TCP stream and dials its destination: a healthy endpoint of
 // the Service, or the workload addressed.
 func (p *Proxy) tcpUpstream(ctx context.Context, snap *meshstate.Snapshot, st *stream) (meshstate.Route, net.Conn, error) {
-	if d := st.plan.VHost.Authz.Evaluate(l4Attributes(st)); !d.Allowed {
+	a := l4Attributes(st)
+	d := st.plan.VHost.Authz.Evaluate(a)
+	p.shadow(d, a, st)
+	if !d.Allowed {
 		return meshstate.Route{}, nil, hbone.Reject(http.StatusUnauthorized, errors.New("RBAC: access denied"))
 	}
 	r, err := snap.Direct(st.plan.Target, p.pick)
