@@ -476,3 +476,25 @@ func pprofTop(bin, profile string, nodes int) (string, error) {
 	}
 	return b.String(), nil
 }
+
+// waypointRequests sums the waypoint's istio_requests_total by the value of label.
+func (m *benchL7Mesh) waypointRequests(t testing.TB, label string) map[string]float64 {
+	t.Helper()
+	out := map[string]float64{}
+	for _, l := range strings.Split(m.get(t, m.waypoint, "http://127.0.0.1:15020/metrics"), "\n") {
+		if !strings.HasPrefix(l, "istio_requests_total{") {
+			continue
+		}
+		_, rest, ok := strings.Cut(l, label+`="`)
+		if !ok {
+			continue
+		}
+		value, _, _ := strings.Cut(rest, `"`)
+		n, err := strconv.ParseFloat(l[strings.LastIndexByte(l, ' ')+1:], 64)
+		if err != nil {
+			t.Fatalf("waypoint metrics line %q: %v", l, err)
+		}
+		out[value] += n
+	}
+	return out
+}

@@ -85,11 +85,18 @@ func BenchmarkL7(b *testing.B) {
 		url     string
 		procs   []benchL7Proc
 		before  func()
+		after   func() string // a note printed under the table
 		profile bool
 	}{
 		{name: "(a) direct pod to pod", url: fmt.Sprintf("http://10.10.2.2:%d/echo", l7FortioDirect)},
 		{name: "(b1) waypoint, no HTTPRoute", url: "http://10.96.0.20/echo", procs: mesh, profile: *benchL7Profile != ""},
-		{name: "(b2) waypoint, 80/20 HTTPRoute", url: "http://10.96.0.24/echo", procs: mesh},
+		{name: "(b2) waypoint, 80/20 HTTPRoute", url: "http://10.96.0.24/echo", procs: mesh, after: func() string {
+			// (b1) went to Service echo; only (b2)'s requests name echo-v1 or echo-v2.
+			by := m.waypointRequests(t, "destination_service")
+			v1, v2 := by["echo-v1.default.svc.cluster.local"], by["echo-v2.default.svc.cluster.local"]
+			return fmt.Sprintf("(b2) split by the waypoint: echo-v1 %.1f%%, echo-v2 %.1f%% of %.0f requests (its istio_requests_total; the route says 80/20)",
+				100*v1/(v1+v2), 100*v2/(v1+v2), v1+v2)
+		}},
 		{name: "(b3) no HTTPRoute, no access log", url: "http://10.96.0.20/echo", procs: mesh, before: func() {
 			m.startWaypoint(t, waypointBin, append([]string{"ACCESS_LOG=false"}, waypointEnv...)...)
 		}},
@@ -97,6 +104,7 @@ func BenchmarkL7(b *testing.B) {
 	}
 
 	var rows []benchL7Row
+	var notes []string
 	var profileTop string
 	for _, p := range paths {
 		if p.before != nil {
@@ -155,15 +163,18 @@ func BenchmarkL7(b *testing.B) {
 			r.cpuAtMax[name] = (after[name] - before[name]) / r.max.duration.Seconds()
 		}
 		rows = append(rows, r)
+		if p.after != nil {
+			notes = append(notes, p.after())
+		}
 	}
-	printBenchL7(rows, caddyVersion(caddy), d, *benchL7Profile != "")
+	printBenchL7(rows, notes, caddyVersion(caddy), d, *benchL7Profile != "")
 	if profileTop != "" {
 		fmt.Printf("CPU profile of the waypoint during (b1) at 1,000 rps (%s):\n%s\n", filepath.Join(*benchL7Profile, "waypoint.pprof"), profileTop)
 	}
 }
 
 // printBenchL7 prints BenchmarkL7's table, its ratios and the goals.
-func printBenchL7(rows []benchL7Row, caddyVersion string, d time.Duration, profiled bool) {
+func printBenchL7(rows []benchL7Row, notes []string, caddyVersion string, d time.Duration, profiled bool) {
 	direct, wp, caddy := rows[0], rows[1], rows[len(rows)-1]
 	fmt.Printf("\nL7 benchmark: fortio HTTP/1.1, POST of 1 KiB echoed back, 8 keep-alive connections, %s at 1,000 rps then %s unthrottled;\n", d, d)
 	fmt.Printf("netns pods on two nodes; 2 cores shared by fortio (client and servers), the ztunnels, the waypoint and caddy %s; the waypoint as deployed (info logs, access log to a file)", caddyVersion)
@@ -185,6 +196,9 @@ func printBenchL7(rows []benchL7Row, caddyVersion string, d time.Duration, profi
 			dash(strings.Join(cpu, ", ")), dash(strings.Join(rss, ", ")), dash(strings.Join(atMax, ", ")))
 	}
 
+	for _, n := range notes {
+		fmt.Printf("%s\n", n)
+	}
 	fmt.Printf("\nratios at 1,000 rps (latency) and unthrottled (max rps):\n")
 	vs := func(r, base benchL7Row, baseName string) {
 		fmt.Printf("  %-32s vs %-7s p50 %+.3f ms (%.2fx), p99 %+.3f ms (%.2fx), max rps %.2fx\n", r.name, baseName,
