@@ -276,12 +276,11 @@ func compileForward(a *routev3.RouteAction, m Match) (*Forward, error) {
 		}
 		f.Timeout = a.GetTimeout().AsDuration()
 	}
-	if pt := a.GetRetryPolicy().GetPerTryTimeout(); pt != nil {
-		if err := pt.CheckValid(); err != nil || pt.AsDuration() < 0 {
-			return nil, fmt.Errorf("bad per_try_timeout %v", pt)
-		}
-		f.PerTryTimeout = pt.AsDuration()
+	pt, err := perTryTimeout(a.GetRetryPolicy())
+	if err != nil {
+		return nil, fmt.Errorf("retry_policy: %w", err)
 	}
+	f.PerTryTimeout = pt
 	return f, nil
 }
 

@@ -115,7 +115,10 @@ type Forward struct {
 	ClusterNotFound int
 
 	Mirrors []Mirror
-	// Timeout bounds the whole request (0: none); PerTryTimeout bounds one attempt.
+	// Timeout bounds the whole exchange, until the response is complete (0: none).
+	// PerTryTimeout bounds the one try until the response starts (0: none): as in Envoy,
+	// once response headers went downstream it no longer applies. There are no retries
+	// (a retry policy asking for them is rejected), so the try is the only one.
 	Timeout, PerTryTimeout time.Duration
 }
 

@@ -184,16 +184,13 @@ func (p *Proxy) forward(x *exchange, r *http.Request, rt *l7config.Route, vh *l7
 	if len(f.Mirrors) > 0 {
 		p.mirror(x, r, rt, vh, wc, f, target, host, snap)
 	}
-	timeout := f.Timeout
-	if f.PerTryTimeout > 0 && (timeout == 0 || f.PerTryTimeout < timeout) {
-		timeout = f.PerTryTimeout
-	}
-	ctx := r.Context()
-	if timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, timeout)
-		defer cancel()
-	}
+	try := newTry(r.Context(), f)
+	defer try.cancel()
+	defer func() {
+		if details, ok := try.timedOut(); ok && x.flags == "-" { // cut after the response started
+			x.flags, x.details = "UT", details
+		}
+	}()
 	h2 := x.st.plan.H2Upstream || x.st.plan.SameUpstream && r.ProtoMajor == 2
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -210,12 +207,15 @@ func (p *Proxy) forward(x *exchange, r *http.Request, rt *l7config.Route, vh *l7
 		Transport:     p.ups.transport(route, h2),
 		FlushInterval: -1,
 		ModifyResponse: func(resp *http.Response) error {
+			if !try.responseStarted() {
+				return errPerTryTimeout
+			}
 			applyResponseMods(resp.Header, rt, vh, wc)
 			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
-			if errors.Is(err, context.DeadlineExceeded) {
-				x.flags, x.details = "UT", "upstream_response_timeout"
+			if details, ok := try.timedOut(); ok {
+				x.flags, x.details = "UT", details
 				localReply(w, http.StatusGatewayTimeout, bodyTimeout)
 				return
 			}
@@ -224,7 +224,7 @@ func (p *Proxy) forward(x *exchange, r *http.Request, rt *l7config.Route, vh *l7
 		},
 		ErrorLog: nil,
 	}
-	rp.ServeHTTP(x.w, r.WithContext(ctx))
+	rp.ServeHTTP(x.w, r.WithContext(try.ctx))
 }
 
 // setTarget points an outgoing request at addr with the request target (path and query).
