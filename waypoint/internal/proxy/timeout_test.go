@@ -22,7 +22,7 @@ func TestTimeouts(t *testing.T) {
 			_, _ = io.WriteString(w, "start ")
 			http.NewResponseController(w).Flush()
 		}
-		delay := 600 * time.Millisecond
+		delay := time.Second
 		if strings.HasPrefix(r.URL.Path, "/never") {
 			delay = 5 * time.Second
 		}
@@ -44,10 +44,10 @@ func TestTimeouts(t *testing.T) {
 	rc := defaultRoutes("reviews", 9080)
 	rc.GetVirtualHosts()[0].Routes = []*routev3.Route{
 		route("/never-per-try", ms(0), ms(150)),
-		route("/stream-per-try", ms(0), ms(150)),
-		route("/stream-route", ms(300), nil),
+		route("/stream-per-try", ms(0), ms(400)),
+		route("/stream-route", ms(400), nil),
 		route("/never-route-first", ms(150), ms(5000)),
-		route("/within", ms(2000), ms(1500)),
+		route("/within", ms(3000), ms(2500)),
 	}
 	e.setRoutes(rc)
 	c := e.client(id(t, "client", "sleep"), reviews)
@@ -62,10 +62,10 @@ func TestTimeouts(t *testing.T) {
 		scenario string
 	}{
 		{"/never-per-try", 504, "upstream request timeout", false, 3 * time.Second, 150 * time.Millisecond, "no headers within per_try_timeout, no route timeout"},
-		{"/stream-per-try", 200, "start done", false, 3 * time.Second, 600 * time.Millisecond, "headers within per_try_timeout, body after it"},
-		{"/stream-route", 200, "", true, 3 * time.Second, 300 * time.Millisecond, "the route timeout cuts a response in progress"},
+		{"/stream-per-try", 200, "start done", false, 4 * time.Second, time.Second, "headers within per_try_timeout, body after it"},
+		{"/stream-route", 200, "", true, 4 * time.Second, 400 * time.Millisecond, "the route timeout cuts a response in progress"},
 		{"/never-route-first", 504, "upstream request timeout", false, 3 * time.Second, 150 * time.Millisecond, "route timeout shorter than per_try_timeout"},
-		{"/within", 200, "done", false, 3 * time.Second, 600 * time.Millisecond, "both longer than the response"},
+		{"/within", 200, "done", false, 4 * time.Second, time.Second, "both longer than the response"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.path, func(t *testing.T) {
