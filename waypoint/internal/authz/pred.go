@@ -196,6 +196,7 @@ func compilePermission(p *rbacv3.Permission) (pred, error) {
 		return ipPred{prefix: pf, dst: true}, nil
 	case *rbacv3.Permission_Metadata:
 		// Dynamic metadata (JWT claims from RequestAuthentication) is never set here.
+		//lint:ignore SA1019 Envoy still accepts this deprecated form; a config using it is served, not refused
 		return notIf(r.Metadata.GetInvert(), constPred(false)), nil
 	case nil:
 		return nil, fmt.Errorf("permission has no rule")
@@ -253,6 +254,7 @@ func compilePrincipal(p *rbacv3.Principal) (pred, error) {
 		}
 		return principalPred{&s}, nil
 	case *rbacv3.Principal_SourceIp:
+		//lint:ignore SA1019 Envoy still accepts this deprecated form; a config using it is served, not refused
 		return ipCompile(r.SourceIp)
 	case *rbacv3.Principal_DirectRemoteIp:
 		return ipCompile(r.DirectRemoteIp)
@@ -271,6 +273,7 @@ func compilePrincipal(p *rbacv3.Principal) (pred, error) {
 		}
 		return httpPred{func(req *match.Request) bool { return s.Match(req.URLPath()) }}, nil
 	case *rbacv3.Principal_Metadata:
+		//lint:ignore SA1019 Envoy still accepts this deprecated form; a config using it is served, not refused
 		return notIf(r.Metadata.GetInvert(), constPred(false)), nil
 	case nil:
 		return nil, fmt.Errorf("principal has no identifier")

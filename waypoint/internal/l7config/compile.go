@@ -78,6 +78,7 @@ func compileVirtualHost(v *routev3.VirtualHost) (*VirtualHost, uint16, error) {
 	if vh.ResponseHeaders, err = headerMods(v.GetResponseHeadersToAdd(), v.GetResponseHeadersToRemove()); err != nil {
 		return nil, 0, err
 	}
+	//lint:ignore SA1019 a virtual host that still sets the deprecated cors field is refused, not silently served
 	if len(v.GetRequestMirrorPolicies()) > 0 || v.GetRetryPolicy() != nil || v.GetCors() != nil || len(v.GetRateLimits()) > 0 {
 		return nil, 0, errors.New("virtual host level mirror, retry, cors or rate limit policies are not supported")
 	}
@@ -387,6 +388,7 @@ func headerMods(add []*corev3.HeaderValueOption, remove []string) (HeaderMods, e
 			return m, fmt.Errorf("header %q: control characters", h.GetKey())
 		}
 		action := AppendAction(a.GetAppendAction())
+		//lint:ignore SA1019 Envoy still accepts this deprecated form; a config using it is served, not refused
 		if ap := a.GetAppend(); ap != nil && !ap.GetValue() { // deprecated append=false: overwrite
 			action = OverwriteIfExistsOrAdd
 		}

@@ -168,14 +168,19 @@ func CompileHeader(m *routev3.HeaderMatcher) (Header, error) {
 	var sm *matcherv3.StringMatcher
 	switch p := m.GetHeaderMatchSpecifier().(type) {
 	case *routev3.HeaderMatcher_ExactMatch:
+		//lint:ignore SA1019 Envoy still accepts this deprecated form; a config using it is served, not refused
 		sm = &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: p.ExactMatch}}
 	case *routev3.HeaderMatcher_PrefixMatch:
+		//lint:ignore SA1019 Envoy still accepts this deprecated form; a config using it is served, not refused
 		sm = &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: p.PrefixMatch}}
 	case *routev3.HeaderMatcher_SuffixMatch:
+		//lint:ignore SA1019 Envoy still accepts this deprecated form; a config using it is served, not refused
 		sm = &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Suffix{Suffix: p.SuffixMatch}}
 	case *routev3.HeaderMatcher_ContainsMatch:
+		//lint:ignore SA1019 Envoy still accepts this deprecated form; a config using it is served, not refused
 		sm = &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Contains{Contains: p.ContainsMatch}}
 	case *routev3.HeaderMatcher_SafeRegexMatch:
+		//lint:ignore SA1019 Envoy still accepts this deprecated form; a config using it is served, not refused
 		sm = &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: p.SafeRegexMatch}}
 	case *routev3.HeaderMatcher_StringMatch:
 		sm = p.StringMatch

@@ -32,16 +32,15 @@ const maxMirrorBody = 1 << 20
 
 // exchange is one request's bookkeeping, for metrics and the access log.
 type exchange struct {
-	start    time.Time
-	st       *stream
-	w        *countingWriter
-	reqBody  *countingBody
-	flags    string
-	cluster  string
-	route    meshstate.Route
-	details  string
-	reqBytes int64
-	dryRun   []accesslog.DryRun
+	start   time.Time
+	st      *stream
+	w       *countingWriter
+	reqBody *countingBody
+	flags   string
+	cluster string
+	route   meshstate.Route
+	details string
+	dryRun  []accesslog.DryRun
 }
 
 func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
