@@ -4,7 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -238,3 +241,25 @@ func TestConfigArguments(t *testing.T) {
 }
 
 func second[T any](_ T, err error) error { return err }
+
+func TestReadRoots(t *testing.T) {
+	dir := t.TempDir()
+	root := mtlstest.NewCA(t, "root").Roots()[0]
+	good := filepath.Join(dir, "root-cert.pem")
+	if err := os.WriteFile(good, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	roots, err := ReadRoots(good)
+	if err != nil || len(roots) != 1 || !roots[0].Equal(root) {
+		t.Errorf("ReadRoots(good) = %d roots, %v; want the CA's root", len(roots), err)
+	}
+	empty := filepath.Join(dir, "empty.pem")
+	if err := os.WriteFile(empty, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{empty, filepath.Join(dir, "missing.pem")} {
+		if _, err := ReadRoots(p); err == nil {
+			t.Errorf("ReadRoots(%s) succeeded, want an error", p)
+		}
+	}
+}

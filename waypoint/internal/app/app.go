@@ -8,13 +8,11 @@ package app
 import (
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,7 +36,7 @@ import (
 // Run serves until ctx ends, then drains for cfg.Drain and stops. accessLog receives
 // the access log (nil: none).
 func Run(ctx context.Context, cfg config.Config, log, accessLog *slog.Logger) error {
-	roots, err := readRoots(cfg.RootCertPath)
+	roots, err := mtls.ReadRoots(cfg.RootCertPath)
 	if err != nil {
 		return err
 	}
@@ -210,28 +208,4 @@ func readiness(ready *atomic.Bool) http.Handler {
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	return mux
-}
-
-func readRoots(path string) ([]*x509.Certificate, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading mesh root certificates: %w", err)
-	}
-	var roots []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, b = pem.Decode(b)
-		if block == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		roots = append(roots, c)
-	}
-	if len(roots) == 0 {
-		return nil, fmt.Errorf("%s holds no PEM certificate", path)
-	}
-	return roots, nil
 }

@@ -7,9 +7,9 @@ package app
 import (
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/ambient-lite/ambient-lite/pkg/mtls"
 	"log/slog"
 	"net"
 	"net/http"
@@ -39,7 +39,7 @@ import (
 func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	store := meshstate.NewStore(cfg.TrustDomain)
 	policies := discovery.NewPolicyStore(authz.Options{RootNamespace: cfg.RootNamespace})
-	roots, err := readRoots(cfg.RootCertPath)
+	roots, err := mtls.ReadRoots(cfg.RootCertPath)
 	if err != nil {
 		return err
 	}
@@ -265,28 +265,4 @@ func loadLocal(store *meshstate.Store, policies *discovery.PolicyStore, path str
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
-}
-
-func readRoots(path string) ([]*x509.Certificate, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading mesh root certificates: %w", err)
-	}
-	var roots []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, b = pem.Decode(b)
-		if block == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		roots = append(roots, c)
-	}
-	if len(roots) == 0 {
-		return nil, fmt.Errorf("%s holds no PEM certificate", path)
-	}
-	return roots, nil
 }
