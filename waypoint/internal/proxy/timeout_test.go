@@ -57,15 +57,14 @@ func TestTimeouts(t *testing.T) {
 		code     int
 		body     string
 		bodyErr  bool          // the response started, then was cut
-		atMost   time.Duration // well below the backend's 5 s for the timeouts
-		atLeast  time.Duration
+		atLeast  time.Duration // the timeouts cannot fire sooner; the outcome says which fired
 		scenario string
 	}{
-		{"/never-per-try", 504, "upstream request timeout", false, 3 * time.Second, 150 * time.Millisecond, "no headers within per_try_timeout, no route timeout"},
-		{"/stream-per-try", 200, "start done", false, 4 * time.Second, time.Second, "headers within per_try_timeout, body after it"},
-		{"/stream-route", 200, "", true, 4 * time.Second, 400 * time.Millisecond, "the route timeout cuts a response in progress"},
-		{"/never-route-first", 504, "upstream request timeout", false, 3 * time.Second, 150 * time.Millisecond, "route timeout shorter than per_try_timeout"},
-		{"/within", 200, "done", false, 4 * time.Second, time.Second, "both longer than the response"},
+		{"/never-per-try", 504, "upstream request timeout", false, 150 * time.Millisecond, "no headers within per_try_timeout, no route timeout"},
+		{"/stream-per-try", 200, "start done", false, time.Second, "headers within per_try_timeout, body after it"},
+		{"/stream-route", 200, "", true, 400 * time.Millisecond, "the route timeout cuts a response in progress"},
+		{"/never-route-first", 504, "upstream request timeout", false, 150 * time.Millisecond, "route timeout shorter than per_try_timeout"},
+		{"/within", 200, "done", false, time.Second, "both longer than the response"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.path, func(t *testing.T) {
@@ -86,8 +85,8 @@ func TestTimeouts(t *testing.T) {
 			if flags := e.accessFlags(tt.path); flags != map[bool]string{true: "UT", false: "-"}[tt.code == 504 || tt.bodyErr] {
 				t.Errorf("%s: access log flags %q", tt.scenario, flags)
 			}
-			if took > tt.atMost || took < tt.atLeast {
-				t.Errorf("%s: took %v, want %v..%v", tt.scenario, took, tt.atLeast, tt.atMost)
+			if took < tt.atLeast {
+				t.Errorf("%s: took %v, want at least %v", tt.scenario, took, tt.atLeast)
 			}
 		})
 	}
