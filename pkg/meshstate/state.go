@@ -11,6 +11,7 @@ package meshstate
 import (
 	"errors"
 	"fmt"
+	"github.com/ambient-lite/ambient-lite/pkg/xds"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -239,3 +240,20 @@ func cloneMap[V any](m map[string]V) map[string]V {
 
 // WorkloadByIPOrNil returns the workload that owns ip, or nil.
 func (s *Snapshot) WorkloadByIPOrNil(ip netip.Addr) *Workload { return s.byIP[ip.Unmap()] }
+
+// AddressType is the type URL of the workload API resources a Store applies.
+const AddressType = "type.googleapis.com/istio.workload.Address"
+
+// ApplyResources decodes istio.workload.Address resources as an xDS client received them
+// and applies them like Apply: all or nothing, an undecodable one named in the error.
+func (s *Store) ApplyResources(upserts []*xds.Resource, removals []string) error {
+	addrs := make([]*workloadapi.Address, 0, len(upserts))
+	for _, r := range upserts {
+		a := &workloadapi.Address{}
+		if err := r.Resource.UnmarshalTo(a); err != nil {
+			return fmt.Errorf("decoding address %s: %w", r.Name, err)
+		}
+		addrs = append(addrs, a)
+	}
+	return s.Apply(addrs, removals)
+}

@@ -14,7 +14,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/types/known/structpb"
-	"istio.io/istio/pkg/workloadapi"
 
 	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
 	"github.com/ambient-lite/ambient-lite/pkg/xds"
@@ -23,7 +22,7 @@ import (
 
 // Type URLs the waypoint subscribes to.
 const (
-	AddressType = "type.googleapis.com/istio.workload.Address"
+	AddressType = meshstate.AddressType
 	RouteType   = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 )
 
@@ -42,15 +41,7 @@ func Handler(state *meshstate.Store, routes *l7config.Store, first func(typeURL 
 		var err error
 		switch typeURL {
 		case AddressType:
-			addrs := make([]*workloadapi.Address, 0, len(upserts))
-			for _, r := range upserts {
-				a := &workloadapi.Address{}
-				if uerr := r.Resource.UnmarshalTo(a); uerr != nil {
-					return fmt.Errorf("decoding address %s: %w", r.Name, uerr)
-				}
-				addrs = append(addrs, a)
-			}
-			err = state.Apply(addrs, removals)
+			err = state.ApplyResources(upserts, removals)
 		case RouteType:
 			rcs := make(map[string]*routev3.RouteConfiguration, len(upserts))
 			for _, r := range upserts {

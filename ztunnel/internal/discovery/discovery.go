@@ -15,13 +15,12 @@ import (
 	"github.com/ambient-lite/ambient-lite/pkg/authz"
 	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
 	"github.com/ambient-lite/ambient-lite/pkg/xds"
-	"istio.io/istio/pkg/workloadapi"
 	"istio.io/istio/pkg/workloadapi/security"
 )
 
 // Istio's ambient type URLs.
 const (
-	AddressType       = "type.googleapis.com/istio.workload.Address"
+	AddressType       = meshstate.AddressType
 	AuthorizationType = "type.googleapis.com/istio.security.Authorization"
 )
 
@@ -78,15 +77,7 @@ func Handler(store *meshstate.Store, policies *PolicyStore, first func(typeURL s
 		var err error
 		switch typeURL {
 		case AddressType:
-			addrs := make([]*workloadapi.Address, 0, len(upserts))
-			for _, r := range upserts {
-				a := &workloadapi.Address{}
-				if uerr := r.Resource.UnmarshalTo(a); uerr != nil {
-					return fmt.Errorf("decoding address %s: %w", r.Name, uerr)
-				}
-				addrs = append(addrs, a)
-			}
-			err = store.Apply(addrs, removals)
+			err = store.ApplyResources(upserts, removals)
 		case AuthorizationType:
 			ps := make([]*security.Authorization, 0, len(upserts))
 			for _, r := range upserts {
