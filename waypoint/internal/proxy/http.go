@@ -203,8 +203,10 @@ func (p *Proxy) forward(x *exchange, r *http.Request, rt *l7config.Route, vh *l7
 			}
 			applyRequestMods(pr.Out.Header, rt, vh, wc)
 		},
-		Transport:     p.ups.transport(route, h2),
-		FlushInterval: -1,
+		Transport: p.ups.transport(route, h2),
+		// 0: a response with a length goes out in one write (headers and body); a streamed
+		// one (unknown length, gRPC, event streams) is still flushed at once by ReverseProxy.
+		FlushInterval: 0,
 		ModifyResponse: func(resp *http.Response) error {
 			if !try.responseStarted() {
 				return errPerTryTimeout
