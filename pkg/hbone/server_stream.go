@@ -74,6 +74,11 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request, req *Request) St
 	if err := http.NewResponseController(w).Flush(); err != nil {
 		return Stats{Status: http.StatusOK, Err: err}
 	}
+	if lu, ok := upstream.(*localUpstream); ok {
+		c := newServerConn(w, r, req.LocalAddr, req.RemoteAddr)
+		lu.serve(c)
+		return Stats{Status: http.StatusOK, ToUpstream: c.read, FromUpstream: c.written, Err: c.werr}
+	}
 	st := pipe(r.Context(), w, r, upstream)
 	st.Status = http.StatusOK
 	return st
