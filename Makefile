@@ -122,3 +122,33 @@ clean:
 
 help:
 	@grep -E '^## ' Makefile | sed 's/^## //'
+
+.PHONY: charts-test charts-golden charts-install charts-uninstall
+
+## charts-test: helm lint, template goldens and server dry-run of the Helm charts (tests/charts)
+charts-test:
+	tools/build.sh etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm >/dev/null
+	$(GO) test -count=1 ./tests/charts/
+
+## charts-golden: rewrite the Helm charts' template goldens (tests/charts/testdata)
+charts-golden:
+	tools/build.sh helm kubectl >/dev/null
+	$(GO) test -count=1 -run '^TestTemplateGolden$$' ./tests/charts/ -update
+
+# Helm's state for charts-install/-uninstall stays in the cluster directory, not in $HOME.
+CHARTS_HELM_ENV := HELM_CACHE_HOME=$(CLUSTER_DIR)/helm/cache HELM_CONFIG_HOME=$(CLUSTER_DIR)/helm/config HELM_DATA_HOME=$(CLUSTER_DIR)/helm/data
+
+## charts-install: install base, istiod-lite, cni and ztunnel with helm into $KUBECONFIG (default: the local cluster's), namespace istio-system
+charts-install:
+	tools/build.sh helm kubectl >/dev/null
+	export KUBECONFIG=$${KUBECONFIG:-$(CLUSTER_DIR)/kubeconfig} $(CHARTS_HELM_ENV); \
+	  helm upgrade --install istio-base charts/base -n istio-system --create-namespace 2> >(grep -v 'found symbolic link' >&2) && \
+	  helm upgrade --install istiod charts/istiod-lite -n istio-system --wait --timeout 3m && \
+	  helm upgrade --install istio-cni charts/cni -n istio-system --wait --timeout 3m && \
+	  helm upgrade --install ztunnel charts/ztunnel -n istio-system --wait --timeout 3m && \
+	  kubectl -n istio-system get pods -o wide
+
+## charts-uninstall: uninstall the four releases from $KUBECONFIG, in the reverse order
+charts-uninstall:
+	export KUBECONFIG=$${KUBECONFIG:-$(CLUSTER_DIR)/kubeconfig} $(CHARTS_HELM_ENV); \
+	  for r in ztunnel istio-cni istiod istio-base; do helm uninstall $$r -n istio-system --ignore-not-found; done

@@ -1,11 +1,3 @@
-// Package charts tests the Helm charts in charts/: `helm lint --strict` of each chart with
-// its default values and with the non-default values file in testdata/, `helm template`
-// goldens of both (testdata/<chart>[-custom].golden.yaml; -update rewrites them), and
-// `kubectl apply --dry-run=server` of the rendered manifests against the local control plane
-// (tests/cluster), so the apiserver's validation, not only YAML, accepts them.
-//
-// helm and kubectl are the pinned tools in .bin (tools/build.sh); without them the tests
-// skip on a developer machine and fail in CI.
 package charts
 
 import (
@@ -233,4 +225,46 @@ func summarizeCRDs(t *testing.T, manifest []byte) []byte {
 		out.Write(b)
 	}
 	return out.Bytes()
+}
+
+// TestReadmeListsEveryValue checks that each chart's README.md names every value of its
+// values.yaml as `path` (maps are walked to their leaves; an empty map, a list or a map a
+// README row names whole, like `resources`, ends the walk).
+func TestReadmeListsEveryValue(t *testing.T) {
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range charts {
+		t.Run(c.name, func(t *testing.T) {
+			dir := filepath.Join(root, "charts", c.name)
+			b, err := os.ReadFile(filepath.Join(dir, "values.yaml"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			readme, err := os.ReadFile(filepath.Join(dir, "README.md"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var values map[string]any
+			if err := yaml.Unmarshal(b, &values); err != nil {
+				t.Fatal(err)
+			}
+			var walk func(prefix string, m map[string]any)
+			walk = func(prefix string, m map[string]any) {
+				for k, v := range m {
+					path := prefix + k
+					if bytes.Contains(readme, []byte("`"+path+"`")) {
+						continue
+					}
+					if sub, ok := v.(map[string]any); ok && len(sub) > 0 {
+						walk(path+".", sub)
+						continue
+					}
+					t.Errorf("charts/%s/README.md does not list the value `%s`", c.name, path)
+				}
+			}
+			walk("", values)
+		})
+	}
 }
