@@ -1,14 +1,11 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"io"
 	"net/http"
-	"net/http/httputil"
-	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
@@ -26,15 +23,13 @@ const (
 	bodyTimeout     = "upstream request timeout"
 )
 
-// maxMirrorBody bounds the request body buffered for mirroring; a larger request is not
-// mirrored.
-const maxMirrorBody = 1 << 20
-
 // exchange is one request's bookkeeping, for metrics and the access log.
 type exchange struct {
+	ctx     context.Context
 	start   time.Time
 	st      *stream
 	w       *countingWriter
+	h1      *h1writer // the HTTP/1.x response writer; nil for h2c
 	reqBody *countingBody
 	flags   string
 	cluster string
@@ -43,13 +38,20 @@ type exchange struct {
 	dryRun  []accesslog.DryRun
 }
 
+// serveHTTP is the handler of h2c streams: the stream comes in the request's context.
 func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	st, _ := r.Context().Value(streamKey{}).(*stream)
 	if st == nil {
 		http.Error(w, "no stream", http.StatusInternalServerError)
 		return
 	}
-	x := &exchange{start: time.Now(), st: st, w: &countingWriter{ResponseWriter: w}, flags: "-"}
+	p.serve(r.Context(), w, r, st)
+}
+
+// serve handles one request that came on st; ctx ends when the stream does.
+func (p *Proxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Request, st *stream) {
+	x := &exchange{ctx: ctx, start: time.Now(), st: st, w: &countingWriter{ResponseWriter: w}, flags: "-"}
+	x.h1, _ = w.(*h1writer)
 	if r.Body != nil && r.Body != http.NoBody {
 		x.reqBody = &countingBody{ReadCloser: r.Body}
 		r.Body = x.reqBody
@@ -160,149 +162,6 @@ func applyRequestMods(h http.Header, rt *l7config.Route, vh *l7config.VirtualHos
 	vh.RequestHeaders.Apply(h)
 }
 
-// forward proxies the request to the cluster the route chooses.
-func (p *Proxy) forward(x *exchange, r *http.Request, rt *l7config.Route, vh *l7config.VirtualHost) {
-	f := rt.Forward
-	wc := router.PickCluster(f, p.opts.Rand(f.TotalWeight))
-	x.cluster = wc.Cluster.Name
-	snap := p.opts.State()
-	route, err := resolve(snap, &p.hosts, wc.Cluster, x.st.plan.Target, p.pick)
-	if errors.Is(err, errNoService) {
-		x.flags, x.details = "NC", "cluster_not_found"
-		x.w.WriteHeader(f.ClusterNotFound)
-		return
-	}
-	if err != nil {
-		x.flags, x.details = "UH", err.Error()
-		localReply(x.w, http.StatusServiceUnavailable, bodyNoHealthy)
-		return
-	}
-	x.route = route
-	target := router.UpstreamPath(rt, r.RequestURI)
-	host := router.UpstreamHost(rt, r.Host)
-	if len(f.Mirrors) > 0 {
-		p.mirror(x, r, rt, vh, wc, f, target, host, snap)
-	}
-	try := newTry(r.Context(), f)
-	defer try.cancel()
-	defer func() {
-		if details, ok := try.timedOut(); ok && x.flags == "-" { // cut after the response started
-			x.flags, x.details = "UT", details
-		}
-	}()
-	h2 := x.st.plan.H2Upstream || x.st.plan.SameUpstream && r.ProtoMajor == 2
-	rp := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			setTarget(pr.Out, route.Target.String(), target)
-			pr.Out.Host = host
-			// Rewrite mode drops these; the waypoint keeps them (prepareHeaders set them).
-			for _, k := range []string{"X-Forwarded-For", "X-Forwarded-Proto", "Forwarded"} {
-				if v, ok := pr.In.Header[k]; ok {
-					pr.Out.Header[k] = v
-				}
-			}
-			applyRequestMods(pr.Out.Header, rt, vh, wc)
-		},
-		Transport: p.ups.transport(route, h2),
-		// 0: a response with a length goes out in one write (headers and body); a streamed
-		// one (unknown length, gRPC, event streams) is still flushed at once by ReverseProxy.
-		FlushInterval: 0,
-		ModifyResponse: func(resp *http.Response) error {
-			if !try.responseStarted() {
-				return errPerTryTimeout
-			}
-			applyResponseMods(resp.Header, rt, vh, wc)
-			return nil
-		},
-		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
-			if details, ok := try.timedOut(); ok {
-				x.flags, x.details = "UT", details
-				localReply(w, http.StatusGatewayTimeout, bodyTimeout)
-				return
-			}
-			x.flags, x.details = "UF", err.Error()
-			localReply(w, http.StatusServiceUnavailable, bodyConnectFail)
-		},
-		ErrorLog: nil,
-	}
-	rp.ServeHTTP(x.w, r.WithContext(try.ctx))
-}
-
-// setTarget points an outgoing request at addr with the request target (path and query).
-func setTarget(out *http.Request, addr, target string) {
-	u, err := url.ParseRequestURI(target)
-	if err != nil {
-		u = &url.URL{Path: target}
-	}
-	out.URL = &url.URL{Scheme: "http", Host: addr, Path: u.Path, RawPath: u.RawPath, RawQuery: u.RawQuery}
-}
-
-// mirror sends copies of the request to the route's mirror clusters, fire and forget. The
-// body is buffered (up to maxMirrorBody) and replayed to the primary request.
-func (p *Proxy) mirror(x *exchange, r *http.Request, rt *l7config.Route, vh *l7config.VirtualHost, wc *l7config.WeightedCluster,
-	f *l7config.Forward, target, host string, snap *meshstate.Snapshot) {
-	var body []byte
-	if r.Body != nil && r.Body != http.NoBody {
-		b, err := io.ReadAll(io.LimitReader(r.Body, maxMirrorBody+1))
-		rest := r.Body
-		r.Body = readCloser{io.MultiReader(bytes.NewReader(b), rest), rest}
-		if err != nil || len(b) > maxMirrorBody {
-			return
-		}
-		body = b
-	}
-	header := r.Header.Clone()
-	applyRequestMods(header, rt, vh, wc)
-	shadowHost := host
-	if h, port, ok := strings.Cut(host, ":"); ok {
-		shadowHost = h + "-shadow:" + port
-	} else {
-		shadowHost += "-shadow"
-	}
-	timeout := f.Timeout
-	if timeout == 0 {
-		timeout = l7config.DefaultTimeout
-	}
-	for _, m := range f.Mirrors {
-		if m.Percent < 100 && float64(p.opts.Rand(10000)) >= m.Percent*100 {
-			continue
-		}
-		route, err := resolve(snap, &p.hosts, m.Cluster, x.st.plan.Target, p.pick)
-		if err != nil {
-			p.log.Debug("mirror not sent", "cluster", m.Cluster.Name, "err", err)
-			continue
-		}
-		req, err := http.NewRequestWithContext(p.ctx, r.Method, "http://"+route.Target.String(), bytes.NewReader(body))
-		if err != nil {
-			continue
-		}
-		setTarget(req, route.Target.String(), target)
-		req.Header, req.Host = header.Clone(), shadowHost
-		if body == nil {
-			req.Body, req.ContentLength = http.NoBody, 0
-		}
-		t := p.ups.transport(route, x.st.plan.H2Upstream || x.st.plan.SameUpstream && r.ProtoMajor == 2)
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			ctx, cancel := context.WithTimeout(p.ctx, timeout)
-			defer cancel()
-			resp, err := t.RoundTrip(req.WithContext(ctx))
-			if err != nil {
-				p.log.Debug("mirror failed", "cluster", m.Cluster.Name, "err", err)
-				return
-			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}()
-	}
-}
-
-type readCloser struct {
-	io.Reader
-	io.Closer
-}
-
 // record writes the request's metrics and access log line.
 func (p *Proxy) record(x *exchange, r *http.Request) {
 	d := time.Since(x.start)
@@ -321,7 +180,7 @@ func (p *Proxy) record(x *exchange, r *http.Request) {
 	l.ResponseCode, l.ResponseFlags = code, x.flags
 	var reqBytes int64
 	if x.reqBody != nil {
-		reqBytes = x.reqBody.n
+		reqBytes = x.reqBody.n.Load()
 	}
 	p.opts.Metrics.Request(&l, d, reqBytes, x.w.n)
 	e := &accesslog.Entry{
@@ -361,13 +220,15 @@ func (w *countingWriter) Write(b []byte) (int, error) {
 // Unwrap lets http.ResponseController reach Flush and deadlines.
 func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
+// countingBody counts the request body bytes read (maybe by an upstream body writer while
+// the response is copied).
 type countingBody struct {
 	io.ReadCloser
-	n int64
+	n atomic.Int64
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	b.n += int64(n)
+	b.n.Add(int64(n))
 	return n, err
 }

@@ -21,6 +21,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/http2"
+
 	"github.com/ambient-lite/ambient-lite/pkg/hbone"
 	"github.com/ambient-lite/ambient-lite/pkg/identity"
 	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
@@ -28,7 +30,6 @@ import (
 	"github.com/ambient-lite/ambient-lite/waypoint/internal/accesslog"
 	"github.com/ambient-lite/ambient-lite/waypoint/internal/l7config"
 	"github.com/ambient-lite/ambient-lite/waypoint/internal/metrics"
-	"github.com/ambient-lite/ambient-lite/waypoint/internal/sniff"
 )
 
 // DefaultSniffTimeout is how long a stream of unknown protocol may stay silent before it
@@ -69,22 +70,22 @@ type Options struct {
 // Proxy serves HBONE streams addressed through the waypoint. Create it with New, hand
 // HandleConnect to a pkg/hbone Server, and stop it with Shutdown or Close.
 type Proxy struct {
-	opts   Options
-	log    *slog.Logger
-	dialer *hbone.Dialer
-	hosts  hostIndex
-	ups    upstreams
-	ln     *chanListener
-	srv    *http.Server
+	opts    Options
+	log     *slog.Logger
+	dialer  *hbone.Dialer
+	hosts   hostIndex
+	ups     upstreams // HTTP/2 upstreams
+	h1      h1pool    // HTTP/1.1 upstream connections
+	streams streamSet
+	h2srv   *http2.Server // h2c streams
+	h1base  *http.Server  // h2srv's base configuration and graceful-shutdown hook
 
-	ctx    context.Context // cancelled by Close: background work (mirrors, sniffing)
+	ctx    context.Context // cancelled by Close: background work (mirrors, sniffing, TCP)
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	served chan struct{} // closed when the HTTP server's Serve returned
+	wg     sync.WaitGroup // background goroutines
 }
 
-// New validates opts and starts the proxy's HTTP server (on no network listener: streams
-// are handed to it by HandleConnect).
+// New validates opts and returns the proxy.
 func New(opts Options) (*Proxy, error) {
 	switch {
 	case opts.Identity.IsZero():
@@ -115,29 +116,18 @@ func New(opts Options) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{opts: opts, log: log, dialer: d, ln: newChanListener(), served: make(chan struct{})}
+	p := &Proxy{opts: opts, log: log, dialer: d, h2srv: &http2.Server{}}
 	p.ups.p = p
 	p.ctx, p.cancel = context.WithCancel(context.Background())
-	var protos http.Protocols
-	protos.SetHTTP1(true)
-	protos.SetUnencryptedHTTP2(true)
-	p.srv = &http.Server{
-		Handler:           http.HandlerFunc(p.serveHTTP),
-		Protocols:         &protos,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       time.Hour,
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			if sc, ok := c.(*streamConn); ok {
-				return context.WithValue(ctx, streamKey{}, sc.st)
-			}
-			return ctx
-		},
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	p.h1base = &http.Server{
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	go func() {
-		defer close(p.served)
-		_ = p.srv.Serve(p.ln)
-	}()
+	if err := http2.ConfigureServer(p.h1base, p.h2srv); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("proxy: configuring h2c: %w", err)
+	}
 	return p, nil
 }
 
@@ -176,61 +166,33 @@ func (p *Proxy) HandleConnect(ctx context.Context, req *hbone.Request) (net.Conn
 		}
 		return up, nil
 	}
-	a, b := net.Pipe()
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		p.serveStream(b, st)
-	}()
-	return a, nil
-}
-
-// serveStream sniffs the protocol if need be, then hands the stream to the HTTP server or
-// passes it through as TCP.
-func (p *Proxy) serveStream(c net.Conn, st *stream) {
-	proto := st.plan.Proto
-	if proto == protoSniff {
-		sp, sc, err := sniff.Conn(c, p.opts.SniffTimeout)
-		if err != nil {
-			c.Close()
-			return
-		}
-		c = sc
-		proto = protoHTTP
-		if sp == sniff.TCP {
-			proto = protoTCP
-		}
+	if p.streams.draining.Load() {
+		return nil, hbone.Reject(http.StatusServiceUnavailable, errors.New("waypoint draining"))
 	}
-	if proto == protoTCP {
-		p.passTCP(c, st)
-		return
-	}
-	if !p.ln.push(&streamConn{Conn: c, st: st}) {
-		c.Close()
-	}
+	return hbone.Local(func(c net.Conn) { p.serveStream(ctx, c, st) }), nil
 }
 
 // Shutdown stops taking streams, lets requests in flight finish and closes idle
 // connections, until ctx ends; then it closes everything.
 func (p *Proxy) Shutdown(ctx context.Context) error {
-	err := p.srv.Shutdown(ctx)
-	if err != nil {
-		p.srv.Close()
-	}
-	<-p.served
-	p.cancel()
-	p.wg.Wait()
-	p.ups.closeIdle()
-	p.dialer.Close()
+	p.streams.drain()
+	_ = p.h1base.Shutdown(ctx) // GOAWAY on h2c streams
+	err := p.streams.waitHTTP(ctx)
+	p.close()
 	return err
 }
 
 // Close closes every stream and upstream connection at once. It is idempotent.
 func (p *Proxy) Close() error {
-	p.srv.Close()
-	<-p.served
+	return p.close()
+}
+
+func (p *Proxy) close() error {
+	p.streams.closeAll()
 	p.cancel()
+	p.streams.wg.Wait()
 	p.wg.Wait()
+	p.h1.closeIdle(true)
 	p.ups.closeIdle()
 	return p.dialer.Close()
 }
@@ -264,50 +226,3 @@ func (p *Proxy) dialRoute(ctx context.Context, r meshstate.Route) (net.Conn, err
 }
 
 func (p *Proxy) pick(n int) int { return int(p.opts.Rand(uint32(n))) }
-
-// chanListener is the HTTP server's listener: HandleConnect pushes streams into it.
-type chanListener struct {
-	ch     chan net.Conn
-	once   sync.Once
-	closed chan struct{}
-}
-
-func newChanListener() *chanListener {
-	return &chanListener{ch: make(chan net.Conn), closed: make(chan struct{})}
-}
-
-func (l *chanListener) push(c net.Conn) bool {
-	select {
-	case l.ch <- c:
-		return true
-	case <-l.closed:
-		return false
-	}
-}
-
-func (l *chanListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.closed:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *chanListener) Close() error {
-	l.once.Do(func() { close(l.closed) })
-	return nil
-}
-
-func (l *chanListener) Addr() net.Addr { return pipeAddr{} }
-
-type pipeAddr struct{}
-
-func (pipeAddr) Network() string { return "hbone" }
-func (pipeAddr) String() string  { return "hbone" }
-
-// streamConn is a stream handed to the HTTP server, with what the handler needs of it.
-type streamConn struct {
-	net.Conn
-	st *stream
-}

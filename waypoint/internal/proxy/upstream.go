@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"time"
 
 	"golang.org/x/net/http2"
 
@@ -14,52 +13,40 @@ import (
 	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
 )
 
-// upstreams keeps one HTTP transport per endpoint (target, expected identities, HTTP
-// version), so requests to an endpoint reuse its connections; each connection is one
-// HBONE stream.
+// upstreams keeps one HTTP/2 transport per endpoint (target, expected identities), so
+// requests to an endpoint reuse its connections; each connection is one HBONE stream.
+// HTTP/1.1 upstreams use the waypoint's own client (h1client.go) and its pool.
 type upstreams struct {
 	p  *Proxy
 	mu sync.Mutex
-	m  map[upstreamKey]http.RoundTripper
+	m  map[upstreamKey]*http2.Transport
 }
 
+// upstreamKey names an upstream endpoint's connections.
 type upstreamKey struct {
 	target string
 	ids    string
 	h2     bool
 }
 
-// transport returns the round tripper for r.
-func (u *upstreams) transport(r meshstate.Route, h2 bool) http.RoundTripper {
-	k := upstreamKey{target: r.Target.String(), ids: hbone.IdentitySet(r.Identities...), h2: h2}
+// transport returns the HTTP/2 round tripper for r.
+func (u *upstreams) transport(r meshstate.Route) http.RoundTripper {
+	k := keyOf(r, true)
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if t, ok := u.m[k]; ok {
 		return t
 	}
 	if u.m == nil {
-		u.m = map[upstreamKey]http.RoundTripper{}
+		u.m = map[upstreamKey]*http2.Transport{}
 	}
-	dial := func(ctx context.Context) (net.Conn, error) { return u.p.dialRoute(ctx, r) }
-	var t http.RoundTripper
-	if h2 {
-		t = &http2.Transport{
-			AllowHTTP: true,
-			DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
-				return dial(ctx)
-			},
-			ReadIdleTimeout: hbone.KeepaliveInterval,
-			PingTimeout:     hbone.KeepaliveTimeout,
-		}
-	} else {
-		t = &http.Transport{
-			DialContext:           func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
-			MaxIdleConnsPerHost:   100,
-			IdleConnTimeout:       90 * time.Second,
-			DisableCompression:    true,
-			ResponseHeaderTimeout: 0,
-			ExpectContinueTimeout: time.Second,
-		}
+	t := &http2.Transport{
+		AllowHTTP: true,
+		DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
+			return u.p.dialRoute(ctx, r)
+		},
+		ReadIdleTimeout: hbone.KeepaliveInterval,
+		PingTimeout:     hbone.KeepaliveTimeout,
 	}
 	u.m[k] = t
 	return t
@@ -70,9 +57,7 @@ func (u *upstreams) closeIdle() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	for k, t := range u.m {
-		if ci, ok := t.(interface{ CloseIdleConnections() }); ok {
-			ci.CloseIdleConnections()
-		}
+		t.CloseIdleConnections()
 		delete(u.m, k)
 	}
 }
