@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -23,11 +24,18 @@ func main() {
 	}
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(cfg.LogLevel))
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("component", "ztunnel")
+	log := newLogger(os.Stderr, level)
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	if err := app.Run(ctx, cfg, log); err != nil {
 		log.Error("exiting", "err", err)
 		os.Exit(1)
 	}
+}
+
+// newLogger is the process's logger. The binary's name is its own key, "binary", so that
+// the "component" each part of ztunnel sets once (xds, secrets, zds-client, ...) never
+// repeats a key in a JSON line.
+func newLogger(w io.Writer, level slog.Level) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})).With("binary", "ztunnel")
 }

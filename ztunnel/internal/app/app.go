@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"github.com/ambient-lite/ambient-lite/pkg/mtls"
 	"log/slog"
 	"net"
 	"net/http"
@@ -20,7 +19,9 @@ import (
 
 	"github.com/ambient-lite/ambient-lite/pkg/authz"
 	"github.com/ambient-lite/ambient-lite/pkg/caclient"
+	"github.com/ambient-lite/ambient-lite/pkg/identity"
 	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
+	"github.com/ambient-lite/ambient-lite/pkg/mtls"
 	"github.com/ambient-lite/ambient-lite/pkg/secrets"
 	"github.com/ambient-lite/ambient-lite/pkg/xds"
 	"github.com/ambient-lite/ambient-lite/pkg/zds"
@@ -33,6 +34,7 @@ import (
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/proxy"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/socket"
 	"golang.org/x/sync/errgroup"
+	"istio.io/istio/pkg/workloadapi"
 )
 
 // Run serves until ctx ends, then drains for cfg.Drain and stops.
@@ -168,7 +170,8 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		zdsClient, err = zds.NewClient(zds.ClientOptions{Path: cfg.ZDSPath, Handler: pods, Log: log.With("component", "zds")})
+		// pkg/zds names itself ("component": "zds-client").
+		zdsClient, err = zds.NewClient(zds.ClientOptions{Path: cfg.ZDSPath, Handler: pods, Log: log})
 		if err != nil {
 			return err
 		}
@@ -194,16 +197,12 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return err
 	}
 	if zdsClient == nil || waitZDS(ctx, gctx, zdsClient) == nil {
-		// Prefetch the certificates of this node's workloads so the first connection is fast.
-		var local []string
-		store.Snapshot().Workloads(func(w *meshstate.Workload) {
-			if w.GetNode() == cfg.NodeName {
-				certs.Prefetch(w.Identity)
-				local = append(local, w.Uid)
-			}
-		})
+		// Prefetch the certificates of this node's enrolled workloads so their first
+		// connection is fast.
+		prefetch := prefetchIdentities(store.Snapshot(), cfg.NodeName)
+		certs.Prefetch(prefetch...)
 		ready.Store(true)
-		attrs := []any{"node", cfg.NodeName, "localWorkloads", len(local), "readiness", readyL.Addr().String(), "stats", statsL.Addr().String(), "admin", adminL.Addr().String()}
+		attrs := []any{"node", cfg.NodeName, "prefetchedIdentities", len(prefetch), "readiness", readyL.Addr().String(), "stats", statsL.Addr().String(), "admin", adminL.Addr().String()}
 		if pods != nil {
 			attrs = append(attrs, "mode", "in-pod", "zds", cfg.ZDSPath, "pods", len(pods.Pods()))
 		} else {
@@ -230,6 +229,25 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	}
 	stopRun()
 	return g.Wait()
+}
+
+// prefetchIdentities returns the identities whose certificates ztunnel fetches before the
+// first connection needs one: those of the workloads on node that take HBONE, that is whose
+// traffic is redirected to ztunnel (enrolled), each once. A workload outside the mesh (no
+// redirection, a host-network pod) never has its traffic go through ztunnel, so it gets no
+// certificate. As Rust ztunnel's should_prefetch_certificate (src/cert_fetcher.rs), being
+// wrong costs only latency: a missing certificate is fetched on the first connection.
+func prefetchIdentities(snap *meshstate.Snapshot, node string) []identity.ID {
+	var out []identity.ID
+	seen := map[identity.ID]bool{}
+	snap.Workloads(func(w *meshstate.Workload) {
+		if node == "" || w.GetNode() != node || w.GetTunnelProtocol() != workloadapi.TunnelProtocol_HBONE || seen[w.Identity] {
+			return
+		}
+		seen[w.Identity] = true
+		out = append(out, w.Identity)
+	})
+	return out
 }
 
 // waitZDS waits for the node agent's first pod snapshot, until ctx ends or a server
