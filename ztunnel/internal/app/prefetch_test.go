@@ -1,8 +1,8 @@
 package app
 
 import (
-	"net/netip"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
