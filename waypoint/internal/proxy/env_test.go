@@ -41,7 +41,7 @@ type seen struct {
 // env is a loopback mesh: backends behind fake ztunnels (pkg/hbone Servers), a waypoint
 // (the proxy behind an hbone Server) and HBONE clients.
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	ca       *mtlstest.CA
 	store    *meshstate.Store
 	routes   *l7config.Store
@@ -50,6 +50,7 @@ type env struct {
 	metrics  *metrics.Metrics
 	ztunnels map[netip.AddrPort]string // fake pod HBONE address -> loopback listener
 	logs     *testenv.Buffer           // the proxy's diagnostic and access logs, JSON lines
+	proxy    *proxy.Proxy
 
 	mu   sync.Mutex
 	seen []seen
@@ -73,7 +74,7 @@ func (e *env) requests(backend string) []seen {
 	return out
 }
 
-func id(t *testing.T, ns, sa string) identity.ID {
+func id(t testing.TB, ns, sa string) identity.ID {
 	i, err := identity.New(td, ns, sa)
 	if err != nil {
 		t.Fatal(err)
@@ -81,7 +82,7 @@ func id(t *testing.T, ns, sa string) identity.ID {
 	return i
 }
 
-func serve(t *testing.T, srv *hbone.Server) string {
+func serve(t testing.TB, srv *hbone.Server) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -92,7 +93,7 @@ func serve(t *testing.T, srv *hbone.Server) string {
 }
 
 // newEnv starts the waypoint for services given as Address resources.
-func newEnv(t *testing.T, addrs []*workloadapi.Address) *env {
+func newEnv(t testing.TB, addrs []*workloadapi.Address) *env {
 	e := &env{t: t, ca: mtlstest.NewCA(t, "mesh"), store: meshstate.NewStore(td), routes: l7config.NewStore(),
 		wpID: id(t, "ns1", "waypoint"), ztunnels: map[netip.AddrPort]string{}, metrics: metrics.New()}
 	if err := e.store.Apply(addrs, nil); err != nil {
@@ -126,6 +127,7 @@ func newEnv(t *testing.T, addrs []*workloadapi.Address) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
+	e.proxy = p
 	cfg, err := mtls.ServerConfig(spiffeid.RequireTrustDomainFromString(td), srvCert, e.ca.Roots)
 	if err != nil {
 		t.Fatal(err)
@@ -138,7 +140,7 @@ func newEnv(t *testing.T, addrs []*workloadapi.Address) *env {
 	return e
 }
 
-type tWriter struct{ t *testing.T }
+type tWriter struct{ t testing.TB }
 
 func (w tWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(b)))

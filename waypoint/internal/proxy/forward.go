@@ -80,13 +80,19 @@ func upstreamError(h *hop, err error) {
 }
 
 func keyOf(r meshstate.Route, h2 bool) upstreamKey {
-	return upstreamKey{target: r.Target.String(), ids: hbone.IdentitySet(r.Identities...), h2: h2}
+	k := upstreamKey{target: r.Target, h2: h2}
+	if len(r.Identities) == 1 { // the usual case, without IdentitySet's allocations
+		k.ids = r.Identities[0].String()
+	} else {
+		k.ids = hbone.IdentitySet(r.Identities...)
+	}
+	return k
 }
 
 // forwardH1 proxies to an HTTP/1.1 upstream with the waypoint's own client.
 func (p *Proxy) forwardH1(h *hop) {
 	x, r := h.x, h.r
-	header, upType := outgoingHeader(r, h.rt, h.vh, h.wc)
+	header, upType := outgoingHeader(r, false, h.rt, h.vh, h.wc)
 	rq, err := p.newUpRequest(r, r.Method, requestURI(h.target), h.host, header, x)
 	if err != nil {
 		upstreamError(h, err)
@@ -218,11 +224,12 @@ func copyBody(w http.ResponseWriter, body io.Reader, flush bool) error {
 
 func isEventStream(h http.Header) bool {
 	ct := h.Get("Content-Type")
-	if ct == "" {
+	const es = "text/event-stream"
+	if len(ct) < len(es) || !strings.EqualFold(ct[:len(es)], es) { // no parsing for the usual case
 		return false
 	}
 	base, _, _ := mime.ParseMediaType(ct)
-	return base == "text/event-stream"
+	return base == es
 }
 
 func copyHeader(dst, src http.Header) {

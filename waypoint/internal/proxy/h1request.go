@@ -62,15 +62,20 @@ func upgradeType(h http.Header) string {
 // waypoint used made it: hop-by-hop fields removed (Upgrade kept for an upgrade, TE:
 // trailers kept if asked), X-Forwarded-Host dropped, X-Forwarded-For, X-Forwarded-Proto
 // and Forwarded as prepareHeaders set them, then the route's request header mods. It
-// returns the upgrade the client asked for.
-func outgoingHeader(r *http.Request, rt *l7config.Route, vh *l7config.VirtualHost, wc *l7config.WeightedCluster) (http.Header, string) {
-	h := r.Header.Clone()
-	if h == nil {
-		h = http.Header{}
+// returns the upgrade the client asked for. Unless clone is set it modifies r.Header
+// itself (the request's matching is done, and record keeps what it needs of it).
+func outgoingHeader(r *http.Request, clone bool, rt *l7config.Route, vh *l7config.VirtualHost, wc *l7config.WeightedCluster) (http.Header, string) {
+	h := r.Header
+	if clone || h == nil {
+		h = r.Header.Clone()
+		if h == nil {
+			h = http.Header{}
+		}
 	}
+	te := httpguts.HeaderValuesContainsToken(h["Te"], "trailers")
 	upType := upgradeType(h)
 	removeHopByHopHeaders(h)
-	if httpguts.HeaderValuesContainsToken(r.Header["Te"], "trailers") {
+	if te {
 		h["Te"] = []string{"trailers"}
 	}
 	if upType != "" {

@@ -27,6 +27,7 @@ const (
 type exchange struct {
 	ctx     context.Context
 	start   time.Time
+	reqID   string // x-request-id, as the request came or as prepareHeaders set it
 	st      *stream
 	w       *countingWriter
 	h1      *h1writer // the HTTP/1.x response writer; nil for h2c
@@ -57,15 +58,18 @@ func (p *Proxy) serve(ctx context.Context, w http.ResponseWriter, r *http.Reques
 		r.Body = x.reqBody
 	}
 	defer p.record(x, r)
-	prepareHeaders(r, st)
+	x.reqID = prepareHeaders(r, st)
 	p.handle(x, r)
 }
 
 // prepareHeaders sets what Envoy sets on a request entering a waypoint: x-request-id if
-// absent, x-forwarded-proto, and the original client in x-forwarded-for.
-func prepareHeaders(r *http.Request, st *stream) {
-	if r.Header.Get("X-Request-Id") == "" {
-		r.Header.Set("X-Request-Id", newRequestID())
+// absent, x-forwarded-proto, and the original client in x-forwarded-for. It returns the
+// request id.
+func prepareHeaders(r *http.Request, st *stream) string {
+	id := r.Header.Get("X-Request-Id")
+	if id == "" {
+		id = newRequestID()
+		r.Header.Set("X-Request-Id", id)
 	}
 	if r.Header.Get("X-Forwarded-Proto") == "" {
 		r.Header.Set("X-Forwarded-Proto", "http")
@@ -77,6 +81,7 @@ func prepareHeaders(r *http.Request, st *stream) {
 			r.Header.Set("X-Forwarded-For", st.source.Addr().String())
 		}
 	}
+	return id
 }
 
 func (p *Proxy) handle(x *exchange, r *http.Request) {
@@ -185,7 +190,7 @@ func (p *Proxy) record(x *exchange, r *http.Request) {
 	p.opts.Metrics.Request(&l, d, reqBytes, x.w.n)
 	e := &accesslog.Entry{
 		Method: r.Method, Path: r.RequestURI, Authority: r.Host, Status: code, Flags: x.flags, Duration: d,
-		Cluster: x.cluster, SourcePrincipal: principal(x.st), RequestID: r.Header.Get("X-Request-Id"),
+		Cluster: x.cluster, SourcePrincipal: principal(x.st), RequestID: x.reqID,
 		BytesReceived: reqBytes, BytesSent: x.w.n, DryRun: x.dryRun,
 	}
 	if x.route.Target.IsValid() {

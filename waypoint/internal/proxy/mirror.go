@@ -29,7 +29,7 @@ func (p *Proxy) mirror(h *hop, f *l7config.Forward, snap *meshstate.Snapshot, h2
 		}
 		body = b
 	}
-	header, _ := outgoingHeader(r, h.rt, h.vh, h.wc)
+	header, _ := outgoingHeader(r, true, h.rt, h.vh, h.wc)
 	shadowHost := h.host
 	if host, port, ok := strings.Cut(h.host, ":"); ok {
 		shadowHost = host + "-shadow:" + port

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"net/netip"
 	"net/http"
 	"sync"
 
@@ -24,8 +25,8 @@ type upstreams struct {
 
 // upstreamKey names an upstream endpoint's connections.
 type upstreamKey struct {
-	target string
-	ids    string
+	target netip.AddrPort
+	ids    string // the identities expected (hbone.IdentitySet)
 	h2     bool
 }
 
