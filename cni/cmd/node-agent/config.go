@@ -34,9 +34,20 @@ type config struct {
 	// plugin (a node path, so the plugin can read it); SourceTokenFile is the token it copies.
 	PluginTokenFile, SourceTokenFile string
 	LogLevel                         slog.Level
+	// Namespace and DaemonSet name the DaemonSet running the agent, which it reads when it
+	// stops to tell an uninstall (the DaemonSet is gone) from a restart. Either empty: the
+	// agent always leaves the node as it is.
+	Namespace, DaemonSet string
+	// UninstallTimeout bounds the decision and the uninstall when the agent stops.
+	UninstallTimeout time.Duration
 }
 
-func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
+// serviceAccountNamespace is where Kubernetes mounts the pod's namespace.
+const serviceAccountNamespace = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+// parseConfig parses args with defaults from getenv; readFile reads the pod's namespace
+// when POD_NAMESPACE is not set.
+func parseConfig(args []string, getenv func(string) string, readFile func(string) ([]byte, error), stderr io.Writer) (config, error) {
 	env := func(name, def string) string {
 		if v := strings.TrimSpace(getenv(name)); v != "" {
 			return v
@@ -44,7 +55,11 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		return def
 	}
 	var c config
-	var probes, level, ack string
+	var probes, level, ack, uninstallTimeout string
+	defaultNamespace := ""
+	if b, err := readFile(serviceAccountNamespace); err == nil {
+		defaultNamespace = strings.TrimSpace(string(b))
+	}
 	fs := flag.NewFlagSet("node-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.NodeName, "node-name", env("NODE_NAME", ""), "this node's name (env NODE_NAME; required)")
@@ -62,6 +77,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.StringVar(&c.SourceTokenFile, "source-token-file", env("SOURCE_TOKEN_FILE", "/var/run/secrets/kubernetes.io/serviceaccount/token"), "the agent's ServiceAccount token, copied for the plugin (env SOURCE_TOKEN_FILE)")
 	fs.StringVar(&c.BinDir, "cni-bin-dir", env("CNI_BIN_DIR", "/opt/cni/bin"), "CNI binary directory (env CNI_BIN_DIR)")
 	fs.StringVar(&c.PluginBinary, "plugin-binary", env("PLUGIN_BINARY", "/opt/ambient-lite/ambient-lite-cni"), "the plugin binary to install (env PLUGIN_BINARY)")
+	fs.StringVar(&c.Namespace, "namespace", env("POD_NAMESPACE", defaultNamespace), "the agent's namespace (env POD_NAMESPACE; default: the pod's, from its ServiceAccount mount)")
+	fs.StringVar(&c.DaemonSet, "daemonset", env("DAEMONSET_NAME", "istio-cni-node"), "the DaemonSet running the agent: when it is gone as the agent stops, the agent removes the mesh from the node (env DAEMONSET_NAME)")
+	fs.StringVar(&uninstallTimeout, "uninstall-timeout", env("UNINSTALL_TIMEOUT", "4s"), "bound on deciding and uninstalling when the agent stops; keep it under the pod's terminationGracePeriodSeconds (env UNINSTALL_TIMEOUT)")
 	fs.StringVar(&level, "log-level", env("LOG_LEVEL", "info"), "debug, info, warn or error (env LOG_LEVEL)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
@@ -94,6 +112,11 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		errs = append(errs, fmt.Errorf("ack-timeout %q: want a positive duration like 5s", ack))
 	}
 	c.AckTimeout = d
+	d, err = time.ParseDuration(uninstallTimeout)
+	if err != nil || d <= 0 {
+		errs = append(errs, fmt.Errorf("uninstall-timeout %q: want a positive duration like 4s", uninstallTimeout))
+	}
+	c.UninstallTimeout = d
 	if err := c.LogLevel.UnmarshalText([]byte(level)); err != nil {
 		errs = append(errs, fmt.Errorf("log level %q: want debug, info, warn or error", level))
 	}

@@ -8,12 +8,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -27,12 +30,12 @@ import (
 )
 
 func main() {
-	cfg, err := parseConfig(os.Args[1:], os.Getenv, os.Stderr)
+	cfg, err := parseConfig(os.Args[1:], os.Getenv, os.ReadFile, os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "node-agent: invalid configuration:", err)
 		os.Exit(2)
 	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("component", "node-agent")
+	log := newLogger(os.Stderr, cfg.LogLevel)
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	if err := run(ctx, cfg, log); err != nil {
@@ -41,6 +44,18 @@ func main() {
 	}
 }
 
+// newLogger is the process's logger. The binary's name is its own key, "binary", so that
+// the "component" each part sets once (install, lifecycle, zds-server) never repeats a key
+// in a JSON line.
+func newLogger(w io.Writer, level slog.Level) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})).With("binary", "node-agent")
+}
+
+// run serves until ctx ends (SIGTERM). Then, if the agent's DaemonSet is gone, it takes the
+// mesh off the node before returning (see agent.DecideShutdown); otherwise (a restart or
+// upgrade) it leaves everything, the plugin's socket file included, so that the plugin holds
+// new pods in the mesh until the next agent serves. A failure of the agent itself is a
+// restart too, never an uninstall.
 func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	kube, rc, err := kubeClient(cfg.Kubeconfig)
 	if err != nil {
@@ -57,6 +72,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	owner := &agent.Owner{Kube: kube, Namespace: cfg.Namespace, Name: cfg.DaemonSet, Log: log.With("component", "lifecycle")}
 	if err := os.MkdirAll(filepath.Dir(cfg.PluginSocket), 0o755); err != nil {
 		return fmt.Errorf("creating the plugin socket's directory: %w", err)
 	}
@@ -65,6 +81,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("listening for the CNI plugin on %s: %w", cfg.PluginSocket, err)
 	}
+	// The socket file outlives a restart: the plugin tells "the agent is restarting"
+	// (connection refused) from "the agent was uninstalled" (no socket file).
+	pluginL.(*net.UnixListener).SetUnlinkOnClose(false)
 	if err := os.Chmod(cfg.PluginSocket, 0o600); err != nil {
 		return err
 	}
@@ -91,11 +110,25 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		{Handler: pluginapi.Handler(a), ReadHeaderTimeout: 5 * time.Second}: pluginL,
 		{Handler: mux, ReadHeaderTimeout: 5 * time.Second}:                  readyL,
 	}
-	g, gctx := errgroup.WithContext(ctx)
+	// Everything runs until stopAll, not until ctx: after SIGTERM the agent may still have
+	// to unenroll the node's pods, which needs ZDS and the apiserver.
+	base, stopAll := context.WithCancel(context.Background())
+	defer stopAll()
+	g, gctx := errgroup.WithContext(base)
 	g.Go(func() error { return a.Run(gctx) })
+	g.Go(func() error { owner.Confirm(gctx); return nil })
+	// The installer and the token copy stop first when uninstalling, so that they do not
+	// put back what Uninstall removes.
+	instCtx, stopInst := context.WithCancel(gctx)
+	defer stopInst()
+	var instWG sync.WaitGroup
 	if inst != nil {
-		g.Go(func() error { return copyToken(gctx, cfg.SourceTokenFile, cfg.PluginTokenFile, log) })
-		g.Go(func() error { return inst.Run(gctx) })
+		instWG.Add(2)
+		g.Go(func() error {
+			defer instWG.Done()
+			return copyToken(instCtx, cfg.SourceTokenFile, cfg.PluginTokenFile, log)
+		})
+		g.Go(func() error { defer instWG.Done(); return inst.Run(instCtx) })
 	}
 	for srv, l := range servers {
 		g.Go(func() error {
@@ -106,13 +139,63 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		})
 	}
 	log.Info("node agent serving", "node", cfg.NodeName, "plugin", cfg.PluginSocket, "ready", readyL.Addr().String())
-	<-gctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-gctx.Done():
+	}
+	var uninstallErr error
+	uninstalled := false
+	if gctx.Err() == nil { // told to stop, and nothing failed
+		dctx, cancel := context.WithTimeout(context.Background(), cfg.UninstallTimeout)
+		mode, why := owner.Decide(dctx)
+		log.Info("node agent stopping", "mode", mode.String(), "why", why)
+		if mode == agent.Uninstall {
+			stopInst()
+			instWG.Wait()
+			uninstallErr = uninstall(dctx, a, inst, cfg, log)
+			uninstalled = true
+		}
+		cancel()
+	}
 	for srv := range servers {
 		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = srv.Shutdown(sctx)
 		cancel()
 	}
-	return g.Wait()
+	if uninstalled {
+		if err := os.Remove(cfg.PluginSocket); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			uninstallErr = errors.Join(uninstallErr, fmt.Errorf("removing the plugin socket: %w", err))
+		}
+	}
+	stopAll()
+	err = errors.Join(g.Wait(), uninstallErr)
+	if uninstalled && uninstallErr == nil {
+		log.Info("mesh uninstalled from the node")
+	}
+	return err
+}
+
+// uninstall takes the mesh off the node: the plugin out of the CNI config first (new pods
+// no longer call it), then every pod unenrolled, then the plugin's token. The agent
+// answers the plugin (no pod is in the mesh) until the caller closes its socket.
+func uninstall(ctx context.Context, a *agent.Agent, inst *install.Installer, cfg config, log *slog.Logger) error {
+	var errs []error
+	if inst != nil {
+		if err := inst.Uninstall(); err != nil {
+			errs = append(errs, fmt.Errorf("uninstalling the CNI plugin: %w", err))
+		}
+	}
+	if err := a.Uninstall(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("unenrolling the node's pods: %w", err))
+	}
+	if inst != nil {
+		if err := os.Remove(cfg.PluginTokenFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("removing the plugin's token: %w", err))
+		} else if err == nil {
+			log.Info("removed the CNI plugin's token", "path", cfg.PluginTokenFile)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func kubeClient(kubeconfig string) (kubernetes.Interface, *rest.Config, error) {

@@ -10,7 +10,9 @@
 //
 // After its own restart the agent finds what it pinned (redirect.List), keeps the
 // redirection of pods still enrolled (no duplicate programs), removes the orphans, and
-// replays the enrolled pods to ztunnel.
+// replays the enrolled pods to ztunnel. When it stops, DecideShutdown (from its own
+// DaemonSet, read through Owner) tells a restart, which leaves everything in place, from an
+// uninstall, for which Uninstall unenrolls every pod of the node.
 //
 // It is not the plugin (cni/internal/plugin), the redirection mechanism
 // (cni/internal/redirect), the ZDS protocol (pkg/zds) or the installer of the plugin
@@ -90,8 +92,9 @@ type Agent struct {
 	synced     []cache.InformerSynced
 	queue      workqueue.TypedRateLimitingInterface[string]
 
-	zds   *zds.Server
-	ready atomic.Bool
+	zds          *zds.Server
+	ready        atomic.Bool
+	uninstalling atomic.Bool // set by Uninstall: enroll nothing more
 
 	mu       sync.Mutex // serialises enrollment changes and guards enrolled
 	enrolled map[string]*pod
@@ -209,7 +212,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	srv, err := zds.NewServer(zds.ServerOptions{
-		Path: a.opts.ZDSPath, Restore: restore, AckTimeout: a.opts.AckTimeout, Log: a.log.With("component", "zds"),
+		Path: a.opts.ZDSPath, Restore: restore, AckTimeout: a.opts.AckTimeout, Log: a.log, // pkg/zds names itself "zds-server"
 	})
 	for _, w := range restore {
 		_ = w.Netns.Close() // the server keeps its own duplicates
@@ -274,6 +277,9 @@ func (a *Agent) reconcile(ctx context.Context, key string) error {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.uninstalling.Load() {
+		return nil
+	}
 	cur := a.byKey(key)
 	if cur != nil && p != nil && cur.uid != string(p.UID) {
 		// Either the cache is behind a pod the plugin just enrolled, or the enrolled
@@ -370,8 +376,10 @@ func (a *Agent) unenroll(ctx context.Context, p *pod) {
 	if err := redirect.Remove(netns, a.pinDir(p.uid)); err != nil {
 		a.log.Error("removing a pod's redirection", "pod", p.key(), "err", err)
 	}
-	if err := a.zds.Del(ctx, p.uid); err != nil {
-		a.log.Warn("telling ztunnel a pod left", "pod", p.key(), "err", err)
+	if a.zds != nil {
+		if err := a.zds.Del(ctx, p.uid); err != nil {
+			a.log.Warn("telling ztunnel a pod left", "pod", p.key(), "err", err)
+		}
 	}
 	delete(a.enrolled, p.uid)
 	a.log.Info("pod unenrolled", "pod", p.key(), "uid", p.uid)

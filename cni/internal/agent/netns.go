@@ -67,6 +67,29 @@ func netnsHolds(path string, ips []netip.Addr) (bool, error) {
 	return false, nil
 }
 
+// findNetnsByInode returns the path of the network namespace file in dir whose inode is
+// ino, or "" when none is.
+func findNetnsByInode(dir string, ino uint64) string {
+	if ino == 0 {
+		return ""
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return ""
+	}
+	for _, e := range entries {
+		path := filepath.Join(dir, e.Name())
+		var st unix.Stat_t
+		if unix.Stat(path, &st) == nil && st.Ino == ino {
+			if f, err := openNetns(path); err == nil {
+				_ = f.Close()
+				return path
+			}
+		}
+	}
+	return ""
+}
+
 // probeSources are the addresses kubelet probes come from, as seen from the pod: its default
 // gateways (the node's side of the pod's link, for bridge-style CNIs), plus extra.
 func probeSources(path string, extra []netip.Addr) ([]netip.Addr, error) {

@@ -23,7 +23,12 @@ var errStarting = errors.New("the node agent is starting (it has not reconciled 
 
 // Enrollment implements pluginapi.Agent: whether the pod is in the mesh, from the caches
 // (the pod read from the apiserver when the watch has not delivered it yet).
+//
+// While the agent uninstalls the mesh from the node, every pod is out of the mesh.
 func (a *Agent) Enrollment(ctx context.Context, req pluginapi.EnrollmentRequest) (pluginapi.EnrollmentResponse, error) {
+	if a.uninstalling.Load() {
+		return pluginapi.EnrollmentResponse{Enrolled: false}, nil
+	}
 	p, err := a.getPod(ctx, req.PodNamespace, req.PodName)
 	if err != nil {
 		return pluginapi.EnrollmentResponse{}, err
@@ -69,6 +74,9 @@ func (a *Agent) Add(ctx context.Context, req pluginapi.AddRequest) (pluginapi.Ad
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.uninstalling.Load() {
+		return pluginapi.AddResponse{}, errUninstalling
+	}
 	if old := a.byKey(p.Namespace + "/" + p.Name); old != nil && old.uid != string(p.UID) {
 		a.unenroll(ctx, old)
 	}
@@ -178,6 +186,9 @@ func (a *Agent) recover() ([]zds.Workload, error) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.uninstalling.Load() {
+		return nil, nil
+	}
 	var restore []zds.Workload
 	byUID := map[string]*corev1.Pod{}
 	for _, p := range pods {

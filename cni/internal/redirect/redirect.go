@@ -361,6 +361,25 @@ func removeRoutes(netnsPath string) error {
 	return nil
 }
 
+// NetnsInode returns the inode of the network namespace the redirection pinned in pinDir is
+// attached to, to find its netns file when the caller no longer knows it; 0 if the netns is
+// gone. It wraps os.ErrNotExist when nothing is pinned there.
+func NetnsInode(pinDir string) (uint64, error) {
+	l, err := link.LoadPinnedLink(filepath.Join(pinDir, LinkPin), nil)
+	if err != nil {
+		return 0, fmt.Errorf("opening pinned link in %s: %w", pinDir, err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		return 0, fmt.Errorf("reading pinned link in %s: %w", pinDir, err)
+	}
+	if info.NetNs() == nil {
+		return 0, nil
+	}
+	return uint64(info.NetNs().NetnsInode), nil
+}
+
 // Installed reports whether pinDir holds an installed redirection (its pinned link).
 func Installed(pinDir string) (bool, error) {
 	l, err := link.LoadPinnedLink(filepath.Join(pinDir, LinkPin), nil)
