@@ -43,8 +43,11 @@ func (s *Server) serveStream(st *stream, r *streamRequest, info *connInfo) {
 		// and the client must not mistake that for EOF.
 		st.abort(http2.ErrCodeInternal, errUpstreamAborted)
 	}
-	// If the client is still sending (a refused stream), tell it to stop: RST_STREAM
-	// NO_ERROR, after the complete response (RFC 9113 §8.1).
+	// End our direction if still open (a Local serve that returned without CloseWrite):
+	// the client reads EOF. If the client is still sending (a refused stream, a Local
+	// serve done reading), tell it to stop: RST_STREAM NO_ERROR after the complete
+	// response (RFC 9113 §8.1).
+	_ = st.c.endStream(st)
 	st.close(http2.ErrCodeNo)
 }
 
@@ -94,6 +97,9 @@ func (s *Server) handle(ctx context.Context, st *stream, r *streamRequest, req *
 	defer upstream.Close()
 	if err := st.c.respond(st, http.StatusOK); err != nil {
 		return Stats{Status: http.StatusOK, Err: err}
+	}
+	if lu, ok := upstream.(*localUpstream); ok {
+		return serveLocal(st, lu, req)
 	}
 	stats = pipe(ctx, st, upstream)
 	stats.Status = http.StatusOK

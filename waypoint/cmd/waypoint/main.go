@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/ambient-lite/ambient-lite/waypoint/internal/accesslog"
 	"github.com/ambient-lite/ambient-lite/waypoint/internal/app"
 	"github.com/ambient-lite/ambient-lite/waypoint/internal/config"
 )
@@ -26,12 +27,21 @@ func main() {
 	_ = level.UnmarshalText([]byte(cfg.LogLevel))
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("component", "waypoint")
 	var access *slog.Logger
+	var accessBuf *accesslog.Buffer
 	if cfg.AccessLog {
-		access = slog.New(slog.NewJSONHandler(os.Stdout, nil)).With("log", "access")
+		// Lines are written in batches (at most a second late), not one write per request.
+		accessBuf = accesslog.NewBuffer(os.Stdout, accesslog.FlushInterval)
+		access = slog.New(slog.NewJSONHandler(accessBuf, nil)).With("log", "access")
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer cancel()
-	if err := app.Run(ctx, cfg, log, access); err != nil {
+	err = app.Run(ctx, cfg, log, access)
+	cancel()
+	if accessBuf != nil {
+		if cerr := accessBuf.Close(); cerr != nil {
+			log.Error("writing the access log", "err", cerr)
+		}
+	}
+	if err != nil {
 		log.Error("exiting", "err", err)
 		os.Exit(1)
 	}

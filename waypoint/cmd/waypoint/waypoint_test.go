@@ -165,6 +165,10 @@ func TestWaypointProcess(t *testing.T) {
 		if took := time.Since(start); took >= drain {
 			t.Errorf("exited %v after SIGTERM: the drain waited out its period though nothing was in flight", took)
 		}
+		// The access log is written in batches; the exit flushes the last one.
+		if out := wp.stdout.String(); !strings.Contains(out, `"path":"/slow"`) || !strings.Contains(out, `"path":"/v3"`) {
+			t.Errorf("the access log at exit lacks the requests /v3 and /slow:\n%s", out)
+		}
 	})
 }
 

@@ -151,3 +151,14 @@ func TestHandler(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkRequest(b *testing.B) {
+	m := New()
+	l := &Labels{SourceWorkload: "client", SourceWorkloadNamespace: "default", SourcePrincipal: "spiffe://cluster.local/ns/default/sa/client",
+		DestinationService: "echo.default.svc.cluster.local", DestinationServiceName: "echo", DestinationServiceNamespace: "default",
+		DestinationWorkload: "echo-v1", DestinationWorkloadNamespace: "default", RequestProtocol: "http", ResponseCode: 200}
+	b.ReportAllocs()
+	for b.Loop() {
+		m.Request(l, time.Millisecond, 1024, 1024)
+	}
+}
