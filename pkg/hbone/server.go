@@ -226,7 +226,12 @@ func (s *Server) serveConn(c net.Conn) {
 		return
 	}
 	info := &connInfo{peer: peer, local: addrPort(c.LocalAddr()), remote: addrPort(c.RemoteAddr())}
-	hc := newConn(bc, true)
+	s.serveH2(c, newConn(bc, true), info, deadline)
+}
+
+// serveH2 serves the HTTP/2 connection hc over c, whose client preface must arrive before
+// deadline, until it ends and its streams' goroutines returned.
+func (s *Server) serveH2(c net.Conn, hc *conn, info *connInfo, deadline time.Time) {
 	ctx, cancel := context.WithCancel(context.WithValue(s.ctx, connInfoKey{}, info))
 	defer cancel()
 	var streams sync.WaitGroup // the conn's stream goroutines
