@@ -37,8 +37,9 @@ const (
 	maxWindow               = 1<<31 - 1
 	maxStreamID             = 1<<31 - 1
 	// maxWriteChunk bounds the DATA written in one hold of the write mutex: with its TLS
-	// records it fits one batch of batchedTLS, so it leaves in one write syscall.
-	maxWriteChunk = batchSize - 2<<10
+	// records it fits one batch of batchedTLS, so it leaves in one write syscall (a copy
+	// buffer's 256 KiB Write is one frame, one syscall).
+	maxWriteChunk = 256 << 10
 	// smallWrite is the largest DATA payload copied into the write buffer; larger ones are
 	// handed to TLS as they are.
 	smallWrite = 32 << 10

@@ -9,8 +9,9 @@ import (
 	"time"
 )
 
-// batchSize bounds the TLS records gathered into one write to the TCP connection.
-const batchSize = 256 << 10
+// batchSize bounds the TLS records gathered into one write to the TCP connection: 256 KiB
+// of plaintext (a DATA frame of maxWriteChunk with its header) and the records' overhead.
+const batchSize = 256<<10 + 4<<10
 
 // maxRecordPlaintext is the largest plaintext of one TLS record.
 const maxRecordPlaintext = 16 << 10
