@@ -16,7 +16,8 @@ import (
 func BenchmarkThroughput(b *testing.B) {
 	b.Run("upload", func(b *testing.B) { benchThroughput(b, true, false) })
 	b.Run("download", func(b *testing.B) { benchThroughput(b, false, false) })
-	// The read path a deadline switches to (background reads into a pooled buffer).
+	// Reads with a deadline set (the same path now: streams have real deadlines; this
+	// once measured x/net's background reads).
 	b.Run("download_read_deadline", func(b *testing.B) { benchThroughput(b, false, true) })
 }
 

@@ -2,7 +2,6 @@ package hbone
 
 import (
 	"io"
-	"net/http"
 	"sync"
 )
 
@@ -27,16 +26,15 @@ var (
 func getBuffer() *[]byte  { return bufferPool.Get().(*[]byte) }
 func putBuffer(b *[]byte) { bufferPool.Put(b) }
 
-// copyStream copies src to dst with pooled buffers until src ends, flushing dst after each
-// write when it is an http.Flusher (an HTTP/2 response must not sit in a buffer). It
-// reports the bytes written and, separately, the read and write errors (a clean EOF is a
-// nil read error), so the caller can tell which side failed. It deliberately bypasses
-// ReaderFrom/WriterTo, which would allocate their own buffers.
+// copyStream copies src to dst with pooled buffers until src ends. (A stream's Write sends
+// its bytes at once; nothing needs flushing.) It reports the bytes written and,
+// separately, the read and write errors (a clean EOF is a nil read error), so the caller
+// can tell which side failed. It deliberately bypasses ReaderFrom/WriterTo, which would
+// allocate their own buffers.
 func copyStream(dst io.Writer, src io.Reader) (n int64, rerr, werr error) {
 	bp, pool := smallCopyPool.Get().(*[]byte), &smallCopyPool
 	defer func() { pool.Put(bp) }()
 	buf := *bp
-	flusher, _ := dst.(http.Flusher)
 	for {
 		nr, err := src.Read(buf)
 		if nr > 0 {
@@ -47,9 +45,6 @@ func copyStream(dst io.Writer, src io.Reader) (n int64, rerr, werr error) {
 			}
 			if ew != nil {
 				return n, nil, ew
-			}
-			if flusher != nil {
-				flusher.Flush()
 			}
 		}
 		if err == io.EOF {

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"slices"
 	"sort"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/ambient-lite/ambient-lite/pkg/identity"
 )
@@ -144,7 +144,6 @@ type Dialer struct {
 	idleTimeout    time.Duration
 	connectTimeout time.Duration
 	log            *slog.Logger
-	h2             *http2.Transport
 
 	ctx    context.Context // cancelled by Close; parent of every connection setup
 	cancel context.CancelFunc
@@ -160,25 +159,12 @@ func NewDialer(opts DialerOptions) (*Dialer, error) {
 	if opts.MaxStreamsPerConn < 0 || opts.IdleTimeout < 0 || opts.ConnectTimeout < 0 {
 		return nil, errors.New("hbone dialer: negative limit")
 	}
-	t1 := &http.Transport{HTTP2: &http.HTTP2Config{
-		MaxReceiveBufferPerConnection: ConnWindow,
-		MaxReceiveBufferPerStream:     StreamWindow,
-		MaxReadFrameSize:              MaxFrameSize,
-		SendPingTimeout:               KeepaliveInterval,
-		PingTimeout:                   KeepaliveTimeout,
-	}}
-	h2, err := http2.ConfigureTransports(t1)
-	if err != nil {
-		return nil, fmt.Errorf("hbone dialer: configuring http2: %w", err)
-	}
-	h2.MaxHeaderListSize = MaxHeaderListSize
 	d := &Dialer{
 		dial:           opts.DialContext,
 		maxStreams:     cmpOr(opts.MaxStreamsPerConn, DefaultMaxStreamsPerConn),
 		idleTimeout:    cmpOr(opts.IdleTimeout, DefaultIdleTimeout),
 		connectTimeout: cmpOr(opts.ConnectTimeout, DefaultConnectTimeout),
 		log:            opts.Logger,
-		h2:             h2,
 		pools:          map[poolID]*keyPool{},
 	}
 	if d.log == nil {
@@ -204,6 +190,10 @@ func (d *Dialer) Dial(ctx context.Context, req DialRequest) (*Stream, error) {
 	return s, nil
 }
 
+// maxRefusedRetries bounds the new attempts of a Dial whose stream the server refused
+// unprocessed (GOAWAY racing the request, REFUSED_STREAM).
+const maxRefusedRetries = 2
+
 func (d *Dialer) dial1(ctx context.Context, req *DialRequest) (*Stream, error) {
 	switch {
 	case !req.Target.IsValid() || req.Target.Port() == 0 || req.Target.Addr().Zone() != "":
@@ -219,58 +209,62 @@ func (d *Dialer) dial1(ctx context.Context, req *DialRequest) (*Stream, error) {
 	if err != nil {
 		return nil, err
 	}
-	pc, err := d.acquire(ctx, req)
-	if err != nil {
-		return nil, err
+	fields := requestFields(req.Target.String(), header)
+	for attempt := 0; ; attempt++ {
+		pc, err := d.acquire(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		s, err := d.open(ctx, pc, req, fields)
+		if errors.Is(err, errRefused) && attempt < maxRefusedRetries && ctx.Err() == nil {
+			continue
+		}
+		return s, err
 	}
-	return d.open(ctx, pc, req, header)
 }
 
-// open sends the CONNECT on pc, whose stream slot the caller holds.
-func (d *Dialer) open(ctx context.Context, pc *pooledConn, req *DialRequest, header http.Header) (*Stream, error) {
-	// The stream's context outlives the dial: it keeps ctx's values (tracing) but not its
-	// cancellation, which only bounds the CONNECT exchange.
-	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	stop := context.AfterFunc(ctx, cancel)
-	authority := req.Target.String()
-	body := newBodyPipe()
-	r := (&http.Request{
-		Method:     http.MethodConnect,
-		URL:        &url.URL{Host: authority},
-		Host:       authority,
-		Proto:      "HTTP/2.0",
-		ProtoMajor: 2,
-		Header:     header,
-		Body:       body,
-	}).WithContext(sctx)
-	resp, err := pc.cc.RoundTrip(r)
-	if !stop() && err == nil {
-		resp.Body.Close()
-		err = context.Cause(ctx)
-	}
-	release := func() { d.release(pc) }
-	if err != nil {
-		cancel()
-		release()
-		if ctx.Err() != nil {
-			return nil, context.Cause(ctx)
+// requestFields are the HEADERS fields of a CONNECT to authority.
+func requestFields(authority string, header http.Header) []hpack.HeaderField {
+	fields := make([]hpack.HeaderField, 0, 2+len(header))
+	fields = append(fields, hpack.HeaderField{Name: ":method", Value: http.MethodConnect}, hpack.HeaderField{Name: ":authority", Value: authority})
+	for k, vs := range header {
+		name := strings.ToLower(k)
+		for _, v := range vs {
+			fields = append(fields, hpack.HeaderField{Name: name, Value: v})
 		}
+	}
+	return fields
+}
+
+// open sends the CONNECT on pc, whose stream slot the caller holds, and waits for the
+// response; ctx bounds only this exchange.
+func (d *Dialer) open(ctx context.Context, pc *pooledConn, req *DialRequest, fields []hpack.HeaderField) (*Stream, error) {
+	release := func() { d.release(pc) }
+	st, err := pc.cc.openStream(fields, false)
+	if err != nil {
+		release()
 		return nil, err
 	}
-	if resp.StatusCode != http.StatusOK {
-		resp.Body.Close()
-		cancel()
+	resp, err := st.awaitResponse(ctx.Done())
+	if resp == nil && err == nil {
+		err = context.Cause(ctx)
+	}
+	if err != nil {
+		st.close(http2.ErrCodeCancel)
 		release()
-		return nil, &StatusError{Code: resp.StatusCode}
+		return nil, err
+	}
+	if resp.status != http.StatusOK {
+		st.close(http2.ErrCodeCancel)
+		release()
+		return nil, &StatusError{Code: resp.status}
 	}
 	return &Stream{
-		body:    body,
-		resp:    resp,
-		cancel:  cancel,
+		st:      st,
+		header:  resp.header,
 		local:   pc.local,
 		remote:  net.TCPAddrFromAddrPort(req.Target),
-		release: sync.OnceFunc(release),
-		rdDead:  newDeadline(),
+		release: release,
 	}, nil
 }
 
@@ -297,6 +291,9 @@ func (d *Dialer) Close() error {
 		pc.cc.Close()
 	}
 	d.wg.Wait()
+	for _, pc := range conns {
+		<-pc.cc.readDone
+	}
 	return nil
 }
 

@@ -13,12 +13,14 @@
 // pkg/mtls; source-address binding and socket marks come from the caller's dial hook.
 // Any package may import it.
 //
-// Both sides use golang.org/x/net/http2, whose ClientConn lets the Dialer own its pool
-// (dial, TLS, reservation of stream slots) and whose Server serves one connection at a
-// time, with ztunnel's flow-control windows (4 MiB per stream, 16 MiB per connection).
-// One limitation follows from the net/http handler model: a server can end its response
-// only by returning, so when an upstream closes its sending side first the whole stream
-// ends (the client reads every byte, then EOF; its further writes fail), where ztunnel would
-// keep the client-to-upstream direction open. A client's half-close (CloseWrite) is
-// propagated to the upstream as a FIN, and the reply still flows back.
+// Both sides run this package's own HTTP/2 engine, built on golang.org/x/net/http2's Framer
+// and hpack only, with ztunnel's flow-control windows (4 MiB per stream, 16 MiB per
+// connection). Each connection has one reader goroutine that demultiplexes frames into
+// per-stream buffers; whoever writes (a Stream's Write, a server stream's copy) encodes
+// its frames and writes them to the TLS connection itself, so a small Write costs one TLS
+// record and one write syscall, and no goroutine hand-off. Each direction of a stream ends
+// on its own, as in ztunnel: a client's half-close (CloseWrite) reaches the upstream as a
+// FIN while the reply still flows back, and an upstream that closes its sending side first
+// ends only the server-to-client direction (END_STREAM), while the client can still send.
+// An upstream error resets the stream, so the client reads an error, not EOF.
 package hbone

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/netip"
 	"testing"
 
@@ -93,7 +92,7 @@ func FuzzForwardedRoundTrip(f *testing.F) {
 }
 
 // FuzzHeaders drives the header handling of both sides: the Dialer's header builder with
-// arbitrary extra headers, and the Server's stream handler with arbitrary methods,
+// arbitrary extra headers, and the Server's decision on a stream with arbitrary methods,
 // authorities and header fields. The handler must see exactly what was validated.
 func FuzzHeaders(f *testing.F) {
 	f.Add("CONNECT", "10.0.0.1:80", "X-Extra", "v", "a=b", "00-x-y-01")
@@ -132,20 +131,19 @@ func FuzzHeaders(f *testing.F) {
 		}
 		var seen *Request
 		ctx := context.WithValue(context.Background(), seenKey{}, &seen)
-		ctx = context.WithValue(ctx, connInfoKey{}, &connInfo{peer: peer})
-		r := httptest.NewRequest(http.MethodGet, "/", nil).WithContext(ctx)
-		r.Method, r.Host, r.Header = method, authority, h
-		w := httptest.NewRecorder()
-		s.serveStream(w, r)
+		up, st := s.decide(ctx, method, authority, &Request{Header: h, Peer: peer})
+		if up != nil {
+			t.Fatalf("%s %q: decided on an upstream the handler never returns", method, authority)
+		}
 		target, status, perr := parseConnect(method, authority)
 		switch {
 		case perr != nil:
-			if w.Code != status || seen != nil {
-				t.Fatalf("%s %q answered %d (handler called: %v), want %d", method, authority, w.Code, seen != nil, status)
+			if st.Status != status || seen != nil {
+				t.Fatalf("%s %q answered %d (handler called: %v), want %d", method, authority, st.Status, seen != nil, status)
 			}
 		default:
-			if w.Code != http.StatusUnauthorized || seen == nil || seen.Target != target || seen.Peer != peer {
-				t.Fatalf("%s %q answered %d, handler saw %+v", method, authority, w.Code, seen)
+			if st.Status != http.StatusUnauthorized || seen == nil || seen.Target != target || seen.Peer != peer {
+				t.Fatalf("%s %q answered %d, handler saw %+v", method, authority, st.Status, seen)
 			}
 			if len(seen.Header) != len(h) {
 				t.Fatalf("handler saw header %v, sent %v", seen.Header, h)

@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
 	"github.com/ambient-lite/ambient-lite/pkg/mtls"
 	"github.com/ambient-lite/ambient-lite/pkg/mtls/mtlstest"
 )
@@ -147,8 +150,8 @@ func TestStatusMapping(t *testing.T) {
 	})
 }
 
-// TestBadRequests sends what the Dialer never sends (a bad authority, a GET) with a raw
-// HTTP/2 client: the server answers 400 without calling the handler.
+// TestBadRequests sends what the Dialer never sends (a bad authority, a GET) as raw
+// HEADERS: the server answers 400 without calling the handler.
 func TestBadRequests(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	var called atomic.Bool
@@ -183,23 +186,24 @@ func TestBadRequests(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.method+" "+tt.authority, func(t *testing.T) {
-			var req *http.Request
-			if tt.method == "CONNECT" {
-				req, _ = http.NewRequest("CONNECT", "https://"+e.addr.String(), nil)
-				req.Host = tt.authority
-			} else {
-				req, _ = http.NewRequest(tt.method, "https://"+tt.authority+"/", nil)
+			fields := []hpack.HeaderField{{Name: ":method", Value: tt.method}, {Name: ":authority", Value: tt.authority}}
+			if tt.method != "CONNECT" {
+				fields = append(fields, hpack.HeaderField{Name: ":scheme", Value: "https"}, hpack.HeaderField{Name: ":path", Value: "/"})
 			}
-			if !pc.cc.ReserveNewRequest() {
+			if !pc.cc.reserve() {
 				t.Fatal("no room on the connection")
 			}
-			resp, err := pc.cc.RoundTrip(req)
+			st, err := pc.cc.openStream(fields, false)
 			if err != nil {
 				t.Fatal(err)
 			}
-			resp.Body.Close()
-			if resp.StatusCode != 400 {
-				t.Errorf("status %d, want 400", resp.StatusCode)
+			defer st.close(http2.ErrCodeCancel)
+			resp, err := st.awaitResponse(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.status != 400 {
+				t.Errorf("status %d, want 400", resp.status)
 			}
 		})
 	}
@@ -418,10 +422,19 @@ func TestHalfClose(t *testing.T) {
 	}
 }
 
+// TestUpstreamClosesFirst: an upstream's FIN ends only the server-to-client direction; the
+// client reads EOF and can still send, until it half-closes too (ztunnel's behaviour; the
+// net/http-based server ended the whole stream here).
 func TestUpstreamClosesFirst(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	d := newDialer(t, DialerOptions{})
-	target := upstream(t, func(c *net.TCPConn) { c.Write([]byte("bye")) })
+	received := make(chan string, 1)
+	target := upstream(t, func(c *net.TCPConn) {
+		c.Write([]byte("bye"))
+		c.CloseWrite()
+		in, _ := io.ReadAll(c)
+		received <- string(in)
+	})
 	s, err := d.Dial(context.Background(), e.request(target))
 	if err != nil {
 		t.Fatal(err)
@@ -430,6 +443,27 @@ func TestUpstreamClosesFirst(t *testing.T) {
 	got, err := io.ReadAll(s)
 	if err != nil || string(got) != "bye" {
 		t.Fatalf("read %q, %v; want \"bye\" then EOF", got, err)
+	}
+	for _, m := range []string{"still ", "talking"} {
+		if _, err := s.Write([]byte(m)); err != nil {
+			t.Fatalf("Write after the upstream's FIN: %v", err)
+		}
+	}
+	if err := s.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case in := <-received:
+		if in != "still talking" {
+			t.Fatalf("upstream received %q after its FIN, want \"still talking\"", in)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("upstream never saw the client's bytes and EOF")
+	}
+	s.Close()
+	eventually(t, "the completion callback", func() bool { return len(e.stats()) == 1 })
+	if st := e.stats()[0]; st.Status != 200 || st.Err != nil || st.FromUpstream != 3 || st.ToUpstream != int64(len("still talking")) {
+		t.Errorf("stats %+v, want a clean end with 3 bytes from and 13 to the upstream", st)
 	}
 }
 

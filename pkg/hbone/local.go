@@ -1,22 +1,24 @@
 package hbone
 
 import (
-	"errors"
-	"io"
 	"net"
 	"net/http"
-	"net/netip"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/net/http2"
 )
 
 // Local returns the upstream a Handler returns to serve a stream in process rather than
 // connect it somewhere (a waypoint terminating HTTP, say): the Server answers 200 and calls
 // serve with the stream itself as a net.Conn. Its Read returns the client's bytes (io.EOF
 // once the client half-closed), each Write is sent to the client at once, CloseWrite ends
-// the server's direction, and the read and write deadlines work (a read deadline that
-// passed ends the reading of the stream for good). The stream ends when serve
-// returns; serve need not close c. Stats count the bytes serve read and wrote. Serve runs
-// on the stream's goroutine and must return once c fails (the server closing ends it).
+// the server's direction (END_STREAM; the client's direction keeps flowing), and read and
+// write deadlines work as net.Conn's (a passed deadline can be extended). The stream ends
+// when serve returns: cleanly if both directions ended, with a reset otherwise; serve need
+// not close c, and Close ends the stream early. Stats count the bytes serve read and
+// wrote. Serve runs on the stream's goroutine and must return once c fails (the server
+// closing ends it).
 func Local(serve func(c net.Conn)) net.Conn { return &localUpstream{serve: serve} }
 
 // localUpstream marks a Handler's result as Local. Its net.Conn methods are never used: the
@@ -30,61 +32,64 @@ func (*localUpstream) Close() error { return nil }
 
 // serverConn is an accepted stream as a net.Conn, for Local.
 type serverConn struct {
-	r             *http.Request
-	w             http.ResponseWriter
-	rc            *http.ResponseController
+	st            *stream
 	local, remote net.Addr
-	read, written int64
-	werr          error
-	writeClosed   bool
+	read, written atomic.Int64
+	werr          atomic.Pointer[error] // the first write error
 }
 
-func newServerConn(w http.ResponseWriter, r *http.Request, local, remote netip.AddrPort) *serverConn {
-	return &serverConn{r: r, w: w, rc: http.NewResponseController(w),
-		local: net.TCPAddrFromAddrPort(local), remote: net.TCPAddrFromAddrPort(remote)}
+var _ net.Conn = (*serverConn)(nil)
+
+// serveLocal hands st to lu's serve and ends the stream when it returns.
+func serveLocal(st *stream, lu *localUpstream, req *Request) Stats {
+	c := &serverConn{st: st, local: net.TCPAddrFromAddrPort(req.LocalAddr), remote: net.TCPAddrFromAddrPort(req.RemoteAddr)}
+	lu.serve(c)
+	stats := Stats{Status: http.StatusOK, ToUpstream: c.read.Load(), FromUpstream: c.written.Load()}
+	if err := c.werr.Load(); err != nil {
+		stats.Err = *err
+	}
+	return stats
 }
 
 func (c *serverConn) Read(p []byte) (int, error) {
-	n, err := c.r.Body.Read(p)
-	c.read += int64(n)
+	n, err := c.st.Read(p)
+	c.read.Add(int64(n))
 	return n, err
 }
 
 func (c *serverConn) Write(p []byte) (int, error) {
-	if c.writeClosed {
-		return 0, errWriteClosed
-	}
-	if c.werr != nil {
-		return 0, c.werr
-	}
-	n, err := c.w.Write(p)
-	c.written += int64(n)
-	if err == nil {
-		err = c.rc.Flush()
-	}
-	if err != nil {
-		c.werr = err
+	n, err := c.st.Write(p)
+	c.written.Add(int64(n))
+	if err != nil && err != errWriteClosed && err != net.ErrClosed {
+		c.werr.CompareAndSwap(nil, &err)
 	}
 	return n, err
 }
 
-// CloseWrite stops further writes. The client sees the end of the server's direction when
-// serve returns: net/http's handler model ends a response only by returning.
-func (c *serverConn) CloseWrite() error {
-	c.writeClosed = true
+// CloseWrite ends the server's direction: the client reads EOF.
+func (c *serverConn) CloseWrite() error { return c.st.CloseWrite() }
+
+// Close ends the stream now (see stream.close).
+func (c *serverConn) Close() error {
+	c.st.close(http2.ErrCodeNo)
 	return nil
 }
-
-// Close ends reading the client; the stream itself ends when serve returns.
-func (c *serverConn) Close() error { return c.r.Body.Close() }
 
 func (c *serverConn) LocalAddr() net.Addr  { return c.local }
 func (c *serverConn) RemoteAddr() net.Addr { return c.remote }
 
 func (c *serverConn) SetDeadline(t time.Time) error {
-	return errors.Join(c.SetReadDeadline(t), c.SetWriteDeadline(t))
+	c.st.rdDead.setDeadline(t)
+	c.st.wrDead.setDeadline(t)
+	return nil
 }
-func (c *serverConn) SetReadDeadline(t time.Time) error  { return c.rc.SetReadDeadline(t) }
-func (c *serverConn) SetWriteDeadline(t time.Time) error { return c.rc.SetWriteDeadline(t) }
 
-var _ io.ReadWriteCloser = (*serverConn)(nil)
+func (c *serverConn) SetReadDeadline(t time.Time) error {
+	c.st.rdDead.setDeadline(t)
+	return nil
+}
+
+func (c *serverConn) SetWriteDeadline(t time.Time) error {
+	c.st.wrDead.setDeadline(t)
+	return nil
+}

@@ -87,3 +87,45 @@ func TestLocal(t *testing.T) {
 		t.Errorf("stats of the first stream %+v", st[0])
 	}
 }
+
+// TestLocalCloseWrite: a Local serve's CloseWrite ends only its direction: the client reads
+// EOF and can still send, and the serve reads it.
+func TestLocalCloseWrite(t *testing.T) {
+	checkGoroutines(t)
+	e := newEnv(t, envOptions{})
+	got := make(chan string, 1)
+	e.setHandler(func(ctx context.Context, req *Request) (net.Conn, error) {
+		return Local(func(c net.Conn) {
+			io.WriteString(c, "hi")
+			if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+				t.Errorf("CloseWrite: %v", err)
+			}
+			if _, err := c.Write([]byte("x")); err == nil {
+				t.Error("Write after CloseWrite succeeded")
+			}
+			in, err := io.ReadAll(c)
+			if err != nil {
+				t.Errorf("reading after CloseWrite: %v", err)
+			}
+			got <- string(in)
+		}), nil
+	})
+	d := newDialer(t, DialerOptions{})
+	s, err := d.Dial(context.Background(), e.request(upstream(t, echo)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if b, err := io.ReadAll(s); err != nil || string(b) != "hi" {
+		t.Fatalf("read %q, %v; want \"hi\" then EOF", b, err)
+	}
+	io.WriteString(s, "after")
+	s.CloseWrite()
+	if in := <-got; in != "after" {
+		t.Fatalf("serve read %q, want \"after\"", in)
+	}
+	eventually(t, "the completion callback", func() bool { return len(e.stats()) == 1 })
+	if st := e.stats()[0]; st.Err != nil || st.ToUpstream != 5 || st.FromUpstream != 2 {
+		t.Errorf("stats %+v", st)
+	}
+}

@@ -7,8 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"time"
-
-	"golang.org/x/net/http2"
 )
 
 // poolID is a pool key plus the address dialled: streams share a connection only when
@@ -27,13 +25,14 @@ type keyPool struct {
 type dialCall struct {
 	done chan struct{}
 	err  error
+	pc   *pooledConn // the connection set up, if err is nil
 }
 
 // pooledConn is one HTTP/2 connection. Its fields other than cc and local are guarded by
 // Dialer.mu.
 type pooledConn struct {
 	id      poolID
-	cc      *http2.ClientConn
+	cc      *conn
 	local   net.Addr
 	streams int         // streams handed out and not yet closed
 	idle    *time.Timer // running while streams == 0
@@ -84,6 +83,10 @@ func (d *Dialer) acquire(ctx context.Context, req *DialRequest) (*pooledConn, er
 			if call.err != nil {
 				return nil, call.err
 			}
+			if call.pc.cc.isClosed() {
+				// Closed by the server as soon as it was set up: fail rather than dial again.
+				return nil, fmt.Errorf("connection closed after setup: %w", call.pc.cc.closeErr())
+			}
 		case <-ctx.Done():
 			return nil, context.Cause(ctx)
 		}
@@ -98,7 +101,7 @@ func (d *Dialer) reserveLocked(kp *keyPool) (*pooledConn, []*pooledConn) {
 	live := kp.conns[:0]
 	var found *pooledConn
 	for _, pc := range kp.conns {
-		if !pc.cc.CanTakeNewRequest() {
+		if !pc.cc.canTakeNewStream() {
 			pc.pooled = false
 			if pc.streams == 0 {
 				pc.stopIdle()
@@ -107,7 +110,7 @@ func (d *Dialer) reserveLocked(kp *keyPool) (*pooledConn, []*pooledConn) {
 			continue
 		}
 		live = append(live, pc)
-		if found == nil && pc.streams < d.maxStreams && pc.cc.ReserveNewRequest() {
+		if found == nil && pc.streams < d.maxStreams && pc.cc.reserve() {
 			pc.streams++
 			pc.stopIdle()
 			found = pc
@@ -144,7 +147,7 @@ func (d *Dialer) connect(id poolID, cfg *tls.Config, call *dialCall) {
 	} else if kp != nil && len(kp.conns) == 0 {
 		delete(d.pools, id)
 	}
-	call.err = err
+	call.err, call.pc = err, pc
 	close(call.done)
 	d.mu.Unlock()
 }
@@ -164,11 +167,15 @@ func (d *Dialer) newConn(ctx context.Context, id poolID, cfg *tls.Config) (*pool
 		raw.Close()
 		return nil, fmt.Errorf("server negotiated ALPN %q, want \"h2\"", p)
 	}
-	cc, err := d.h2.NewClientConn(bc)
-	if err != nil {
-		raw.Close()
+	cc := newConn(bc, false)
+	if dl, ok := ctx.Deadline(); ok {
+		_ = raw.SetWriteDeadline(dl)
+	}
+	if err := cc.startClient(); err != nil {
+		cc.Close()
 		return nil, fmt.Errorf("starting http2: %w", err)
 	}
+	_ = raw.SetWriteDeadline(time.Time{})
 	d.log.Debug("hbone connection opened", "address", id.address, "src", raw.LocalAddr(), "source", id.Source, "destinations", id.Destinations)
 	return &pooledConn{id: id, cc: cc, local: raw.LocalAddr()}, nil
 }

@@ -5,14 +5,13 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"sync"
 	"time"
-
-	"golang.org/x/net/http2"
 
 	"github.com/ambient-lite/ambient-lite/pkg/identity"
 	"github.com/ambient-lite/ambient-lite/pkg/mtls"
@@ -74,8 +73,6 @@ type Server struct {
 	onDone           func(*Request, Stats)
 	handshakeTimeout time.Duration
 	log              *slog.Logger
-	h1               *http.Server // carries x/net's graceful-shutdown hook
-	h2               *http2.Server
 
 	ctx    context.Context // parent of every connection; cancelled by Close
 	cancel context.CancelFunc
@@ -84,8 +81,8 @@ type Server struct {
 	closed    bool // no new listeners, connections or streams
 	draining  bool // Shutdown called
 	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]struct{}
-	wg        sync.WaitGroup // Serve loops, connections and streams
+	conns     map[net.Conn]*conn // the HTTP/2 conn once set up, nil before
+	wg        sync.WaitGroup     // Serve loops, connections and streams
 }
 
 type connInfoKey struct{}
@@ -114,24 +111,10 @@ func NewServer(opts ServerOptions) (*Server, error) {
 		handshakeTimeout: cmpOr(opts.HandshakeTimeout, 10*time.Second),
 		log:              opts.Logger,
 		listeners:        map[net.Listener]struct{}{},
-		conns:            map[net.Conn]struct{}{},
+		conns:            map[net.Conn]*conn{},
 	}
 	if s.log == nil {
 		s.log = slog.Default()
-	}
-	s.h2 = &http2.Server{
-		MaxUploadBufferPerConnection: ConnWindow,
-		MaxUploadBufferPerStream:     StreamWindow,
-		MaxReadFrameSize:             MaxFrameSize,
-		ReadIdleTimeout:              KeepaliveInterval,
-		PingTimeout:                  KeepaliveTimeout,
-	}
-	s.h1 = &http.Server{
-		MaxHeaderBytes: MaxHeaderListSize,
-		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
-	}
-	if err := http2.ConfigureServer(s.h1, s.h2); err != nil {
-		return nil, fmt.Errorf("hbone server: configuring http2: %w", err)
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
@@ -210,7 +193,7 @@ func (s *Server) track(c net.Conn) bool {
 	if s.closed || s.draining {
 		return false
 	}
-	s.conns[c] = struct{}{}
+	s.conns[c] = nil
 	s.wg.Add(1)
 	return true
 }
@@ -223,7 +206,8 @@ func (s *Server) serveConn(c net.Conn) {
 		s.mu.Unlock()
 		c.Close()
 	}()
-	_ = c.SetDeadline(time.Now().Add(s.handshakeTimeout))
+	deadline := time.Now().Add(s.handshakeTimeout)
+	_ = c.SetDeadline(deadline)
 	bc := newBatchedTLS(c, func(c net.Conn) *tls.Conn { return tls.Server(c, s.tls) })
 	tc := bc.Conn
 	if err := tc.HandshakeContext(s.ctx); err != nil {
@@ -241,15 +225,39 @@ func (s *Server) serveConn(c net.Conn) {
 		s.log.Debug("hbone client has no workload identity", "src", c.RemoteAddr(), "err", err)
 		return
 	}
-	if s.stopping() {
+	info := &connInfo{peer: peer, local: addrPort(c.LocalAddr()), remote: addrPort(c.RemoteAddr())}
+	s.serveH2(c, newConn(bc, true), info, deadline)
+}
+
+// serveH2 serves the HTTP/2 connection hc over c, whose client preface must arrive before
+// deadline, until it ends and its streams' goroutines returned.
+func (s *Server) serveH2(c net.Conn, hc *conn, info *connInfo, deadline time.Time) {
+	ctx, cancel := context.WithCancel(context.WithValue(s.ctx, connInfoKey{}, info))
+	defer cancel()
+	var streams sync.WaitGroup // the conn's stream goroutines
+	hc.onStream = func(st *stream, req *streamRequest) {
+		st.ctx, st.cancel = context.WithCancel(ctx)
+		streams.Add(1)
+		go func() {
+			defer streams.Done()
+			s.serveStream(st, req, info)
+		}()
+	}
+	if err := hc.startServer(); err != nil {
 		return
 	}
-	info := &connInfo{peer: peer, local: addrPort(c.LocalAddr()), remote: addrPort(c.RemoteAddr())}
-	s.h2.ServeConn(bc, &http2.ServeConnOpts{
-		Context:    context.WithValue(s.ctx, connInfoKey{}, info),
-		BaseConfig: s.h1,
-		Handler:    http.HandlerFunc(s.serveStream),
-	})
+	s.mu.Lock()
+	if s.closed || s.draining {
+		s.mu.Unlock()
+		return
+	}
+	s.conns[c] = hc
+	s.mu.Unlock()
+	if err := hc.serve(deadline); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+		s.log.Debug("hbone connection ended", "src", c.RemoteAddr(), "err", err)
+	}
+	cancel()
+	streams.Wait()
 }
 
 func addrPort(a net.Addr) netip.AddrPort {
@@ -271,10 +279,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for ln := range s.listeners {
 		ln.Close()
 	}
-	s.mu.Unlock()
+	var conns []*conn
 	if first {
-		// Runs x/net's GOAWAY hook on every HTTP/2 connection; h1 itself serves nothing.
-		_ = s.h1.Shutdown(ctx)
+		for _, hc := range s.conns {
+			if hc != nil {
+				conns = append(conns, hc)
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, hc := range conns {
+		hc.shutdown()
 	}
 	done := make(chan struct{})
 	go func() {

@@ -55,7 +55,8 @@ func checkWindows(t *testing.T, side string, stream, frame uint32, conn int64) {
 	if stream != StreamWindow || frame != MaxFrameSize {
 		t.Errorf("%s announces stream window %d, max frame %d; want %d, %d", side, stream, frame, StreamWindow, MaxFrameSize)
 	}
-	// x/net's client adds the configured size to the default 64 KiB; its server tops up to it.
+	// The client adds the configured size to the default 64 KiB (as x/net's does); the
+	// server tops up to it.
 	if conn < ConnWindow || conn > ConnWindow+65535 {
 		t.Errorf("%s announces connection window %d, want %d", side, conn, ConnWindow)
 	}
