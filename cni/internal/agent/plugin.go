@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -19,7 +18,7 @@ import (
 )
 
 // errStarting answers the plugin before the agent has reconciled and serves ZDS.
-var errStarting = errors.New("the node agent is starting (it has not reconciled its node yet); the runtime will retry")
+var errStarting = fmt.Errorf("%w: the node agent is starting (it has not reconciled its node yet)", pluginapi.ErrUnavailable)
 
 // Enrollment implements pluginapi.Agent: whether the pod is in the mesh, from the caches
 // (the pod read from the apiserver when the watch has not delivered it yet).

@@ -9,6 +9,13 @@
 // happens, the primary plugin's result (prevResult) is passed through unchanged: this plugin adds
 // no interface, address or route.
 //
+// When the node agent does not answer, an enrolled pod's ADD waits for it while it restarts
+// (its socket file stays in place across a restart) and fails with a message naming the agent
+// after the timeout; the runtime retries. When neither the agent nor the apiserver answers,
+// the plugin cannot tell whether the pod is in the mesh and fails the ADD, unless the agent is
+// gone for good (its socket removed, and the plugin's kubeconfig removed or its token refused:
+// an uninstall that left the chain entry behind): then every pod passes through.
+//
 // The package does not redirect anything itself, never enters the pod's network namespace and
 // keeps no state: that is the node agent's job. It must not depend on client-go.
 package plugin
@@ -18,10 +25,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	corev1 "k8s.io/api/core/v1"
+	"io/fs"
 	"log/slog"
+	"net/http"
 	"os"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -113,9 +123,9 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 
 	ctx, cancel := context.WithTimeout(context.Background(), conf.TimeoutDuration)
 	defer cancel()
-	enrolled, err := isEnrolled(ctx, conf, target)
+	enrolled, err := isEnrolled(ctx, conf, target, log)
 	if err != nil {
-		return err
+		return asCNI(err)
 	}
 	if !enrolled {
 		log.Debug("pod not enrolled in the ambient mesh; passing through")
@@ -127,7 +137,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("pod %s is enrolled in the ambient mesh but %v", target, err), "")
 	}
 	client := pluginapi.NewClient(conf.AgentSocket, 0)
-	resp, err := client.Add(ctx, pluginapi.AddRequest{
+	req := pluginapi.AddRequest{
 		PodName:      target.name,
 		PodNamespace: target.namespace,
 		PodUID:       target.uid,
@@ -135,7 +145,14 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		Netns:        args.Netns,
 		IfName:       args.IfName,
 		PodIPs:       ips,
-	})
+	}
+	resp, err := client.Add(ctx, req)
+	// A restarting agent (its socket file is there, nobody answers yet) or a starting one:
+	// the pod waits for it rather than start outside the mesh, up to the timeout.
+	for err != nil && agentComing(conf.AgentSocket, err) && sleep(ctx, agentRetry) {
+		log.Debug("node agent not serving yet; waiting for it", "err", err)
+		resp, err = client.Add(ctx, req)
+	}
 	if err != nil {
 		return agentError("redirect", target, conf, err)
 	}
@@ -198,9 +215,9 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), conf.TimeoutDuration)
 	defer cancel()
-	enrolled, err := isEnrolled(ctx, conf, target)
+	enrolled, err := isEnrolled(ctx, conf, target, p.logger(conf, args))
 	if err != nil || !enrolled {
-		return err
+		return asCNI(err)
 	}
 	client := pluginapi.NewClient(conf.AgentSocket, 0)
 	err = client.Check(ctx, pluginapi.CheckRequest{
@@ -236,34 +253,140 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 	return nil
 }
 
-// isEnrolled reads the pod and its namespace and applies the ambient enablement rule. Without
-// the apiserver the plugin cannot know, so errors fail the command (as Istio's plugin does).
-func isEnrolled(ctx context.Context, conf *Config, target pod) (bool, error) {
+// isEnrolled tells whether the pod is in the ambient mesh: the node agent's answer, else
+// the apiserver's. When neither answers, the plugin cannot know, so it fails the command (as
+// Istio's plugin does) — a pod that should be in the mesh must not start outside it — with
+// two exceptions decided by agentAbsence: a restarting agent is waited for, up to the
+// timeout; and when the agent is gone for good (the chain entry outlived its uninstall), the
+// pod passes through, since there is no mesh on the node left to put it in.
+func isEnrolled(ctx context.Context, conf *Config, target pod, log *slog.Logger) (bool, error) {
 	// The node agent answers from its caches over the unix socket in about a millisecond;
 	// reading the apiserver here costs a TLS handshake (~10 ms) on every pod's ADD. The
 	// apiserver stays the authority: whenever the agent gives no answer (down, starting,
 	// older, or failing), the plugin reads it itself.
-	actx, cancel := context.WithTimeout(ctx, agentEnrollmentTimeout)
-	resp, err := pluginapi.NewClient(conf.AgentSocket, 0).Enrollment(actx, pluginapi.EnrollmentRequest{
-		PodName: target.name, PodNamespace: target.namespace, PodUID: target.uid,
-	})
-	cancel()
-	if err == nil {
+	client := pluginapi.NewClient(conf.AgentSocket, 0)
+	ask := func() (bool, error) {
+		actx, cancel := context.WithTimeout(ctx, agentEnrollmentTimeout)
+		defer cancel()
+		resp, err := client.Enrollment(actx, pluginapi.EnrollmentRequest{
+			PodName: target.name, PodNamespace: target.namespace, PodUID: target.uid,
+		})
+		if err != nil {
+			return false, err
+		}
 		return resp.Enrolled, nil
 	}
-	return isEnrolledPerAPIServer(ctx, conf, target)
+	enrolled, agentErr := ask()
+	if agentErr == nil {
+		return enrolled, nil
+	}
+	enrolled, apiErr := isEnrolledPerAPIServer(ctx, conf, target)
+	if apiErr == nil {
+		return enrolled, nil
+	}
+	switch agentAbsence(conf, agentErr, apiErr) {
+	case agentGone:
+		log.Warn("the node agent is gone and the apiserver refuses the plugin's credentials: the plugin's entry in the CNI config outlived an uninstall of the ambient mesh; passing the pod through outside the mesh",
+			"pod", target.String(), "agentSocket", conf.AgentSocket, "kubeconfig", conf.Kubeconfig, "err", apiErr,
+			"hint", "remove the ambient-lite-cni entry from the node's CNI config list")
+		return false, nil
+	case agentRestarting:
+		for sleep(ctx, agentRetry) {
+			if enrolled, err := ask(); err == nil {
+				return enrolled, nil
+			}
+		}
+	}
+	return false, apiErr
 }
 
 // agentEnrollmentTimeout bounds the fast path; the apiserver is asked after it.
 const agentEnrollmentTimeout = 2 * time.Second
 
-// isEnrolledPerAPIServer reads the pod and its namespace from the apiserver.
+// agentRetry is the pause between attempts to reach a node agent that is coming back.
+const agentRetry = 250 * time.Millisecond
+
+// absence is what the plugin makes of a node agent that does not answer.
+type absence int
+
+const (
+	// agentDown: the agent does not answer; the command fails (the runtime retries).
+	agentDown absence = iota
+	// agentRestarting: the agent's socket file is there but nobody answers: the agent is
+	// restarting (it leaves its socket file when it stops for a restart), or crashed and
+	// will be restarted. The plugin waits for it.
+	agentRestarting
+	// agentGone: the agent's socket file is gone, which the agent does only when it
+	// uninstalls the mesh from the node, and so is the plugin's kubeconfig, or the
+	// apiserver refuses the plugin's credentials (the agent's ServiceAccount was
+	// deleted): this chain entry is a leftover.
+	agentGone
+)
+
+// agentAbsence classifies a node agent that did not answer (agentErr) when the apiserver
+// did not either (apiErr). It looks at the agent's socket file and the plugin's kubeconfig;
+// it decides agentGone only when both say the agent removed itself, so that a node that
+// rebooted (its /var/run emptied, socket and token gone, but the kubeconfig in the CNI
+// config directory kept) still holds its pods until the agent is back.
+func agentAbsence(conf *Config, agentErr, apiErr error) absence {
+	var unreachable *pluginapi.UnreachableError
+	if !errors.As(agentErr, &unreachable) {
+		return agentDown // the agent answered, with an error
+	}
+	_, err := os.Stat(conf.AgentSocket)
+	switch {
+	case err == nil:
+		return agentRestarting
+	case !errors.Is(err, fs.ErrNotExist):
+		return agentDown
+	}
+	if _, err := os.Stat(conf.Kubeconfig); errors.Is(err, fs.ErrNotExist) {
+		return agentGone
+	}
+	var ae *apiError
+	if errors.As(apiErr, &ae) && (ae.status == http.StatusUnauthorized || ae.status == http.StatusForbidden) {
+		return agentGone
+	}
+	return agentDown
+}
+
+// agentComing reports whether err from the agent means it will answer shortly: it is
+// starting (503), or restarting (its socket file is there, nobody listens yet).
+func agentComing(socket string, err error) bool {
+	var (
+		unreachable *pluginapi.UnreachableError
+		status      *pluginapi.StatusError
+	)
+	switch {
+	case errors.As(err, &status):
+		return status.StatusCode == http.StatusServiceUnavailable
+	case errors.As(err, &unreachable):
+		_, serr := os.Stat(socket)
+		return serr == nil
+	}
+	return false
+}
+
+// sleep waits d, or less when ctx ends first; it reports whether ctx is still live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// isEnrolledPerAPIServer reads the pod and its namespace from the apiserver. Its errors
+// are CNI errors that say what to check, wrapping the cause.
 func isEnrolledPerAPIServer(ctx context.Context, conf *Config, target pod) (bool, error) {
 	kube, err := loadKubeconfig(conf.Kubeconfig)
 	if err != nil {
-		return false, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(
+		return false, &cniError{code: types.ErrInvalidNetworkConfig, cause: err, msg: fmt.Sprintf(
 			"kubeconfig %s: %v (the node agent writes this file; check that the ambient-lite node agent runs on this node and that \"kubeconfig\" in the CNI config names its file)",
-			conf.Kubeconfig, err), "")
+			conf.Kubeconfig, err)}
 	}
 	// Both lookups at once: the ADD of every pod on the node waits for them.
 	type nsResult struct {
@@ -277,22 +400,38 @@ func isEnrolledPerAPIServer(ctx context.Context, conf *Config, target pod) (bool
 	}()
 	p, err := kube.getPod(ctx, target.namespace, target.name)
 	nsr := <-nsc
+	if err == nil {
+		err = nsr.err
+	}
 	if err != nil {
-		return false, types.NewError(types.ErrTryAgainLater, fmt.Sprintf(
+		return false, &cniError{code: types.ErrTryAgainLater, cause: err, msg: fmt.Sprintf(
 			"cannot tell whether pod %s is in the ambient mesh: %v (check that the apiserver %s is reachable from the node and that the plugin's credentials may get pods and namespaces)",
-			target, err, kube.server.Host), "")
+			target, err, kube.server.Host)}
 	}
 	if target.uid != "" && string(p.UID) != target.uid {
 		return false, types.NewError(types.ErrTryAgainLater, fmt.Sprintf(
 			"pod %s has uid %s in the apiserver but the runtime asked for uid %s: the pod was deleted and recreated", target, p.UID, target.uid), "")
 	}
-	ns, err := nsr.ns, nsr.err
-	if err != nil {
-		return false, types.NewError(types.ErrTryAgainLater, fmt.Sprintf(
-			"cannot tell whether pod %s is in the ambient mesh: %v (check that the apiserver %s is reachable from the node and that the plugin's credentials may get pods and namespaces)",
-			target, err, kube.server.Host), "")
+	return ambient.Enrolled(p.Labels, p.Annotations, nsr.ns.Labels, p.Spec.HostNetwork), nil
+}
+
+// cniError is a CNI error (what the runtime reports) that keeps its cause for the plugin.
+type cniError struct {
+	code  uint
+	msg   string
+	cause error
+}
+
+func (e *cniError) Error() string { return e.msg }
+func (e *cniError) Unwrap() error { return e.cause }
+
+// asCNI returns err as the *types.Error skel prints, keeping its code when it has one.
+func asCNI(err error) error {
+	var ce *cniError
+	if errors.As(err, &ce) {
+		return types.NewError(ce.code, ce.msg, "")
 	}
-	return ambient.Enrolled(p.Labels, p.Annotations, ns.Labels, p.Spec.HostNetwork), nil
+	return err
 }
 
 // agentError turns a node agent failure into a message that says what to fix.

@@ -22,7 +22,7 @@ func Handler(agent Agent) http.Handler {
 		}
 		resp, err := agent.Enrollment(r.Context(), req)
 		if err != nil {
-			writeError(w, http.StatusInternalServerError, err.Error())
+			writeError(w, errorStatus(err), err.Error())
 			return
 		}
 		writeJSON(w, http.StatusOK, resp)
@@ -34,7 +34,7 @@ func Handler(agent Agent) http.Handler {
 		}
 		resp, err := agent.Add(r.Context(), req)
 		if err != nil {
-			writeError(w, http.StatusInternalServerError, err.Error())
+			writeError(w, errorStatus(err), err.Error())
 			return
 		}
 		writeJSON(w, http.StatusOK, resp)
@@ -82,6 +82,14 @@ func Handler(agent Agent) http.Handler {
 		writeJSON(w, http.StatusOK, struct{}{})
 	})
 	return mux
+}
+
+// errorStatus is the HTTP status of an Agent's error.
+func errorStatus(err error) int {
+	if errors.Is(err, ErrUnavailable) {
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
 }
 
 // decode reads a JSON body into v and validates it, or answers 400 and returns false.

@@ -9,7 +9,8 @@
 //	GET  /v1/ping                → 200 {}: the agent is serving
 //
 // Any other answer is a non-2xx status with an [ErrorResponse] body. Malformed or incomplete
-// requests get 400, the agent's own failures 500. Unknown JSON fields are ignored so a plugin
+// requests get 400, the agent's own failures 500, and 503 means the agent cannot serve yet
+// ([ErrUnavailable]; it is starting): ask again. Unknown JSON fields are ignored so a plugin
 // binary and an agent one release apart still understand each other.
 //
 // The plugin uses [Client]; the node agent implements [Agent] and serves [Handler]. The package
@@ -98,6 +99,11 @@ type CheckRequest struct {
 	ContainerID  string `json:"containerID"`
 	Netns        string `json:"netns"`
 }
+
+// ErrUnavailable is wrapped by an [Agent]'s errors that mean "not yet": the agent is
+// starting and cannot serve the request now, but will shortly. [Handler] answers them
+// with 503 Service Unavailable, and the plugin tries again until its timeout.
+var ErrUnavailable = errors.New("node agent unavailable")
 
 // ErrorResponse is the body of every non-2xx answer.
 type ErrorResponse struct {
