@@ -34,9 +34,9 @@ func TestConfigOwner(t *testing.T) {
 	}
 	outside := func(string) ([]byte, error) { return nil, os.ErrNotExist }
 	tests := []struct {
-		name          string
-		env           map[string]string
-		read          func(string) ([]byte, error)
+		name           string
+		env            map[string]string
+		read           func(string) ([]byte, error)
 		wantNS, wantDS string
 	}{
 		{"in cluster: the pod's namespace, Istio's DaemonSet name", nil, inCluster, "istio-system", "istio-cni-node"},
