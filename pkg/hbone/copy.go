@@ -5,11 +5,6 @@ import (
 	"sync"
 )
 
-// copyBufferSize is the size of the pooled buffers of a Stream's background reads.
-const copyBufferSize = 64 << 10
-
-var bufferPool = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
-
 // A server stream's copy starts with a small buffer, enough for request/response traffic,
 // and moves to a large one once a read fills the small one: bulk streams then write large
 // DATA frames and upstream writes, while mostly idle streams hold 16 KiB per direction.
@@ -22,9 +17,6 @@ var (
 	smallCopyPool = sync.Pool{New: func() any { b := make([]byte, smallCopySize); return &b }}
 	largeCopyPool = sync.Pool{New: func() any { b := make([]byte, largeCopySize); return &b }}
 )
-
-func getBuffer() *[]byte  { return bufferPool.Get().(*[]byte) }
-func putBuffer(b *[]byte) { bufferPool.Put(b) }
 
 // copyStream copies src to dst with pooled buffers until src ends. (A stream's Write sends
 // its bytes at once; nothing needs flushing.) It reports the bytes written and,

@@ -1,9 +1,10 @@
 package hbone
 
+// The streams of the HTTP/2 engine: a stream's Read, Write, half-close and close, and its
+// receive buffer, which the reader goroutine fills.
+
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -12,39 +13,6 @@ import (
 
 	"golang.org/x/net/http2"
 )
-
-var (
-	// errWriteClosed is what Write returns after CloseWrite.
-	errWriteClosed = errors.New("hbone stream: write after CloseWrite")
-	// errRefused: the server did not process the stream (REFUSED_STREAM, or a GOAWAY below
-	// its id); it is safe to open it again on another connection.
-	errRefused = errors.New("hbone stream refused by the server before processing")
-)
-
-// resetError is a stream ended by RST_STREAM, sent by the peer or by us.
-type resetError struct {
-	code   http2.ErrCode
-	remote bool
-}
-
-func (e resetError) Error() string {
-	if e.remote {
-		return fmt.Sprintf("hbone stream reset by the peer (%v)", e.code)
-	}
-	return fmt.Sprintf("hbone stream reset (%v)", e.code)
-}
-
-// connError is a stream ended because its connection did.
-type connError struct{ err error }
-
-func (e connError) Error() string {
-	if e.err == nil {
-		return "hbone connection closed"
-	}
-	return "hbone connection closed: " + e.err.Error()
-}
-
-func (e connError) Unwrap() error { return e.err }
 
 // stream is one HTTP/2 stream of a conn, client or server side: a full-duplex byte stream
 // with net.Conn deadlines and half-close. Its protocol state (windows, ends) is guarded by
