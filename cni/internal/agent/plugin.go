@@ -63,6 +63,11 @@ func (a *Agent) Add(ctx context.Context, req pluginapi.AddRequest) (pluginapi.Ad
 		return pluginapi.AddResponse{}, fmt.Errorf("pod %s/%s is not enrolled in the ambient mesh as the node agent sees it (labels changed since the plugin looked?); the runtime will retry",
 			req.PodNamespace, req.PodName)
 	}
+	// After the agent restarted, ztunnel takes a moment to reconnect: the pod waits for it
+	// (the plugin's deadline bounds the wait) rather than fail.
+	if err := a.zds.WaitConnected(ctx); err != nil {
+		return pluginapi.AddResponse{}, fmt.Errorf("%w: no ztunnel is connected to the node agent (is ztunnel running on this node?): %v", pluginapi.ErrUnavailable, err)
+	}
 	var ips []netip.Addr
 	for _, s := range req.PodIPs {
 		ip, err := netip.ParseAddr(s)

@@ -128,7 +128,7 @@ func (r *runner) reconcile(ctx context.Context) {
 	case err != nil:
 		i.log.Error("installing the CNI plugin; retrying on the next change", "err", err)
 	default:
-		i.log.Info("CNI plugin installed", "binary", i.binPath, "kubeconfig", i.kubeconfigPath)
+		i.log.Info("CNI plugin installed", "pluginBinary", i.binPath, "kubeconfig", i.kubeconfigPath)
 	}
 	r.lastErr = msg
 	if rewrote {
