@@ -54,7 +54,10 @@ var errNothingReceived = errors.New("upstream connection closed before a respons
 // more on a new one (net/http's Transport notices such closes with a background read).
 func (p *Proxy) roundTrip(ctx context.Context, key upstreamKey, route meshstate.Route, rq *upRequest, on1xx func(*http.Response)) (*http.Response, error) {
 	for attempt := 0; ; attempt++ {
-		uc := p.h1.get(key)
+		var uc *upstreamConn
+		if attempt == 0 {
+			uc = p.h1.get(key)
+		}
 		var stale bool
 		if uc == nil {
 			c, err := p.dialRoute(ctx, route)

@@ -103,3 +103,37 @@ func TestShutdown(t *testing.T) {
 		t.Errorf("Shutdown: %v", err)
 	}
 }
+
+// TestCloseAbortsRequests: Close ends a request waiting for its upstream at once, rather
+// than waiting for the upstream.
+func TestCloseAbortsRequests(t *testing.T) {
+	e := newEnv(t, mesh())
+	started := make(chan struct{}, 1)
+	release := make(chan struct{})
+	defer close(release)
+	e.backend("v1", "10.0.0.11", id(t, "ns1", "reviews"), func(w http.ResponseWriter, r *http.Request) {
+		started <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	e.setRoutes(defaultRoutes("reviews-v1", 9080))
+	s, err := e.rawStream(id(t, "client", "sleep"), "10.96.0.11:9080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	io.WriteString(s, "GET /hang HTTP/1.1\r\nHost: reviews-v1.ns1.svc.cluster.local\r\n\r\n")
+	<-started
+	closed := make(chan struct{})
+	go func() {
+		e.proxy.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close waited for the upstream")
+	}
+}

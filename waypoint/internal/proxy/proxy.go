@@ -4,6 +4,13 @@
 // h2c on the stream — RBAC, routing, the route's action, then HTTP to the chosen endpoint
 // over HBONE — or passes TCP through after the L4 part of the policy.
 //
+// HTTP/1.1 takes a lean path, one goroutine per stream and no hand-offs of its own: the
+// hbone server hands the stream itself to the proxy (hbone.Local), which reads requests
+// with its own keep-alive loop (h1server.go) and answers through a buffered writer that
+// sends a typical response in one write (h1writer.go); upstream, its own synchronous
+// client (h1client.go) sends the request head and a small body in one write on a pooled
+// keep-alive connection (h1pool.go). h2c streams and HTTP/2 upstreams use x/net's HTTP/2.
+//
 // The decisions are pure functions (decide, resolve; l7config, router and authz); this
 // package does the I/O around them. It does not talk to the control plane or the CA: the
 // state, route tables and certificates come in through Options.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"time"
 
 	"golang.org/x/net/http2"
 
@@ -20,6 +21,10 @@ func (p *Proxy) serveStream(ctx context.Context, c net.Conn, st *stream) {
 		return
 	}
 	defer p.streams.remove(sv)
+	// Requests end with the stream, or when the proxy closes.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(p.ctx, cancel)()
 	proto, h2c := st.plan.Proto, false
 	if proto == protoSniff {
 		sc := &sniffConn{Conn: c, wg: &p.wg}
@@ -43,7 +48,18 @@ func (p *Proxy) serveStream(ctx context.Context, c net.Conn, st *stream) {
 	lr.unlimited()
 	br := getReader(lr)
 	if !h2c && st.plan.Proto != protoSniff {
-		h2c = hasPreface(br)
+		// Nothing read yet: wait for the first bytes as for a request head, idle for a drain.
+		timer := time.AfterFunc(readHeaderTimeout, sv.close)
+		ok := p.streams.idle(sv)
+		if ok {
+			_, err := br.Peek(1)
+			ok = sv.active() && err == nil
+		}
+		h2c = ok && hasPreface(br)
+		timer.Stop()
+		if !ok {
+			return
+		}
 	}
 	if h2c {
 		p.serveH2C(ctx, &bufferedConn{Conn: c, r: br}, st)
