@@ -21,7 +21,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "istiod-lite: invalid configuration:", err)
 		os.Exit(2)
 	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("component", "istiod-lite")
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("binary", "istiod-lite")
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	if err := app.Run(ctx, cfg, log); err != nil {

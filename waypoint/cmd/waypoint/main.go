@@ -25,7 +25,7 @@ func main() {
 	}
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(cfg.LogLevel))
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("component", "waypoint")
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("binary", "waypoint")
 	var access *slog.Logger
 	var accessBuf *accesslog.Buffer
 	if cfg.AccessLog {
