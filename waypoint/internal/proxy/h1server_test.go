@@ -284,7 +284,7 @@ func TestH1Writer(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c, wc := serveH1(t, tt.handle)
 			go io.WriteString(c, tt.req)
-			quiet := 300 * time.Millisecond
+			quiet := 500 * time.Millisecond
 			got := readAll(c, quiet)
 			rest := got
 			for _, w := range tt.want {
