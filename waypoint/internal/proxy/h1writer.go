@@ -127,9 +127,7 @@ func (w *h1writer) writeContinue() {
 	}
 	w.canContinue, w.wroteContinue = false, true
 	_, _ = w.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
-	if err := w.bw.Flush(); err != nil {
-		w.closeAfter = true
-	}
+	_ = w.bw.Flush() // a failure shows when the response is written
 }
 
 func (w *h1writer) Write(p []byte) (int, error) {
