@@ -94,6 +94,14 @@ func (c *conn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 // consumed returns receive credit for n bytes a Read took from st, in WINDOW_UPDATEs
 // once half a window was consumed.
 func (c *conn) consumed(st *stream, n int) {
+	if c.queueConsumed(st, n) {
+		c.tryFlushCtl()
+	}
+}
+
+// queueConsumed is consumed for the reader goroutine: it only queues the WINDOW_UPDATEs
+// (see queueCtl), and reports whether it did.
+func (c *conn) queueConsumed(st *stream, n int) bool {
 	c.mu.Lock()
 	var connInc, stInc int64
 	c.recvUnacked += int64(n)
@@ -112,7 +120,7 @@ func (c *conn) consumed(st *stream, n int) {
 	}
 	c.mu.Unlock()
 	if connInc == 0 && stInc == 0 {
-		return
+		return false
 	}
 	id := st.id
 	c.queueCtl(func(fr *http2.Framer) error {
@@ -124,7 +132,7 @@ func (c *conn) consumed(st *stream, n int) {
 		}
 		return nil
 	})
-	c.tryFlushCtl()
+	return true
 }
 
 // returnConnCredit returns connection credit for n received bytes nobody will read.

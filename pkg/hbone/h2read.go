@@ -259,9 +259,20 @@ func (c *conn) readData(fh http2.FrameHeader) error {
 		}
 		return nil
 	}
-	dropped, err := st.recv.fill(c.br, data)
-	if err != nil {
-		return err
+	rest := data
+	if pad == 0 {
+		k, err := c.deliverDirect(st, data)
+		if err != nil {
+			return err
+		}
+		rest -= k
+	}
+	var dropped int
+	if rest > 0 {
+		var err error
+		if dropped, err = st.recv.fill(c.br, rest); err != nil {
+			return err
+		}
 	}
 	if pad > 0 {
 		if _, err := io.CopyN(io.Discard, c.br, int64(pad)); err != nil {

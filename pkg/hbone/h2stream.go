@@ -205,7 +205,23 @@ type recvBuf struct {
 	err    error // io.EOF after END_STREAM, or why the stream failed; after the bytes
 	closed bool  // closed locally: drop what arrives
 	wake   chan struct{}
+
+	// A spliced stream's destination (see splice.go), written by one goroutine at a time
+	// (owner): the reader goroutine on the direct path, or the splicing goroutine with the
+	// bytes it took, so the bytes reach it in order. sunk counts the direct path's bytes.
+	sink        TryWriter
+	owner       sinkOwner
+	sinkClosing bool // clearSink waits for the reader goroutine's write
+	sunk        int64
 }
+
+type sinkOwner uint8
+
+const (
+	sinkIdle    sinkOwner = iota
+	sinkReader            // the reader goroutine is writing a DATA payload to the sink
+	sinkSplicer           // the splicing goroutine took bytes and is writing them
+)
 
 const chunkSize = 16 << 10
 
@@ -288,6 +304,10 @@ func (rb *recvBuf) fill(r io.Reader, n int) (dropped int, err error) {
 func (rb *recvBuf) read(p []byte) (int, error) {
 	rb.mu.Lock()
 	defer rb.mu.Unlock()
+	return rb.readLocked(p)
+}
+
+func (rb *recvBuf) readLocked(p []byte) (int, error) {
 	var n int
 	for len(p) > 0 && rb.n > 0 {
 		ck := rb.q[0]
@@ -344,4 +364,75 @@ func (rb *recvBuf) close() int {
 	}
 	rb.q, rb.n = nil, 0
 	return n
+}
+
+// setSink makes tw the stream's destination for the reader goroutine's direct path.
+func (rb *recvBuf) setSink(tw TryWriter) {
+	rb.mu.Lock()
+	rb.sink, rb.owner, rb.sinkClosing, rb.sunk = tw, sinkIdle, false, 0
+	rb.mu.Unlock()
+}
+
+// clearSink ends the direct path, waiting for the reader goroutine's write in progress,
+// and returns the bytes the direct path wrote.
+func (rb *recvBuf) clearSink() int64 {
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
+	rb.sinkClosing = true
+	for rb.owner == sinkReader {
+		rb.mu.Unlock()
+		<-rb.wake
+		rb.mu.Lock()
+	}
+	rb.sink, rb.owner, rb.sinkClosing = nil, sinkIdle, false
+	return rb.sunk
+}
+
+// take is the splicing goroutine's read: it returns buffered bytes, which it must write
+// to the sink and then release, or with none the stream's end or error, or (0, nil) if
+// there is neither yet or the reader goroutine is writing to the sink.
+func (rb *recvBuf) take(p []byte) (int, error) {
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
+	if rb.owner == sinkReader {
+		return 0, nil
+	}
+	n, err := rb.readLocked(p)
+	if n > 0 {
+		rb.owner = sinkSplicer
+	}
+	return n, err
+}
+
+// release ends the splicing goroutine's write of the bytes it took.
+func (rb *recvBuf) release() {
+	rb.mu.Lock()
+	rb.owner = sinkIdle
+	rb.mu.Unlock()
+}
+
+// claimSink gives the reader goroutine the sink for one DATA payload if nothing is
+// buffered (the payload is then next in order), or returns nil.
+func (rb *recvBuf) claimSink() TryWriter {
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
+	if rb.sink == nil || rb.owner != sinkIdle || rb.n > 0 || rb.closed || rb.err != nil || rb.sinkClosing {
+		return nil
+	}
+	rb.owner = sinkReader
+	return rb.sink
+}
+
+// releaseSink ends the reader goroutine's write of k bytes to the sink. It wakes the
+// splicing goroutine only if it waits for that write (the stream failed meanwhile, or
+// clearSink).
+func (rb *recvBuf) releaseSink(k int) {
+	rb.mu.Lock()
+	rb.owner = sinkIdle
+	rb.sunk += int64(k)
+	wake := rb.err != nil || rb.sinkClosing
+	rb.mu.Unlock()
+	if wake {
+		rb.signal()
+	}
 }

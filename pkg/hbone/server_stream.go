@@ -126,7 +126,7 @@ func pipe(ctx context.Context, st *stream, upstream net.Conn) Stats {
 	toUp := make(chan result, 1)
 	go func() {
 		var res result
-		res.n, res.rerr, res.werr = copyStream(upstream, st)
+		res.n, res.rerr, res.werr = st.splice(upstream)
 		if res.rerr == nil && res.werr == nil && !closeWrite(upstream) {
 			upClosed.Store(true)
 			upstream.Close()

@@ -108,7 +108,7 @@ func (s *scope) handleHBONE(ctx context.Context, req *hbone.Request) (net.Conn, 
 	}
 	src := inboundSource(snap, req.Peer, clientIP(req), req.RemoteAddr.Addr())
 	rec := p.opts.Metrics.Open(connLabels(metrics.ReporterDestination, src, req.Peer, d.Workload, nil, true))
-	return &countedConn{Conn: up, rec: rec}, nil
+	return &countedConn{Conn: up, rec: rec, sw: hbone.NewSocketWriter(up)}, nil
 }
 
 // clientIP is the original client's address: the forwarded header when present, else the
@@ -210,7 +210,10 @@ func forwarded(client netip.AddrPort, svc *meshstate.Service) http.Header {
 type countedConn struct {
 	net.Conn
 	rec *metrics.Conn
+	sw  *hbone.SocketWriter // up's socket, for the stream's direct path
 }
+
+var _ hbone.TryWriter = (*countedConn)(nil)
 
 func (c *countedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
@@ -222,6 +225,13 @@ func (c *countedConn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
 	c.rec.Received(int64(n))
 	return n, err
+}
+
+// TryWrite writes what the workload's socket takes of b now (see hbone.TryWriter).
+func (c *countedConn) TryWrite(b []byte) int {
+	n := c.sw.TryWrite(b)
+	c.rec.Received(int64(n))
+	return n
 }
 
 func (c *countedConn) CloseWrite() error {

@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"sync"
+
+	"github.com/ambient-lite/ambient-lite/pkg/hbone"
 )
 
 // A copy starts with a small buffer, enough for request/response traffic, and moves to
@@ -45,6 +47,25 @@ func Pipe(a, b net.Conn, aToB, bToA func(n int64)) (sentAB, sentBA int64, err er
 // copyHalf copies src to dst, then half-closes dst (or closes it when it cannot half-close)
 // so the peer sees EOF while the other direction keeps flowing.
 func copyHalf(dst, src net.Conn, count func(int64)) (int64, error) {
+	var total int64
+	var err error
+	if st, ok := src.(*hbone.Stream); ok {
+		// The stream's connection writes what arrives straight to dst when it can.
+		total, err = st.WriteTo(newSink(dst, count))
+	} else {
+		total, err = copyBuffered(dst, src, count)
+	}
+	if cw, ok := dst.(closeWriter); ok && err == nil {
+		_ = cw.CloseWrite()
+	} else {
+		_ = dst.Close()
+		_ = src.Close() // unblock the other direction's write into src's peer
+	}
+	return total, err
+}
+
+// copyBuffered copies src to dst until src ends (a clean EOF is no error).
+func copyBuffered(dst, src net.Conn, count func(int64)) (int64, error) {
 	bp, pool := smallBufPool.Get().(*[]byte), &smallBufPool
 	defer func() { pool.Put(bp) }()
 	var total int64
@@ -76,13 +97,46 @@ func copyHalf(dst, src net.Conn, count func(int64)) (int64, error) {
 			buf = *bp
 		}
 	}
-	if cw, ok := dst.(closeWriter); ok && err == nil {
-		_ = cw.CloseWrite()
-	} else {
-		_ = dst.Close()
-		_ = src.Close() // unblock the other direction's write into src's peer
-	}
 	return total, err
+}
+
+// sink is a destination socket of a stream that counts its bytes; it is an
+// hbone.TryWriter when dst is a socket.
+type sink struct {
+	net.Conn
+	count func(int64)
+}
+
+func (s sink) Write(p []byte) (int, error) {
+	n, err := s.Conn.Write(p)
+	if n > 0 && s.count != nil {
+		s.count(int64(n))
+	}
+	return n, err
+}
+
+type socketSink struct {
+	sink
+	sw *hbone.SocketWriter
+}
+
+func (s socketSink) TryWrite(p []byte) int {
+	n := s.sw.TryWrite(p)
+	if n > 0 && s.count != nil {
+		s.count(int64(n))
+	}
+	return n
+}
+
+var _ hbone.TryWriter = socketSink{}
+
+// newSink returns dst counting its bytes, as an hbone.TryWriter if dst is a socket.
+func newSink(dst net.Conn, count func(int64)) io.Writer {
+	s := sink{Conn: dst, count: count}
+	if sw := hbone.NewSocketWriter(dst); sw != nil {
+		return socketSink{sink: s, sw: sw}
+	}
+	return s
 }
 
 // quiet drops the errors that only say a peer closed first.
