@@ -374,6 +374,13 @@ func (e *env) deploy(t *testing.T, a app) string {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	if !a.NoEcho {
+		// kube-proxy programs a new Service a moment after its pods are Ready.
+		eventually(t, 30*time.Second, "the client reaching echo", func() error {
+			_, err := e.echo(t, ns, 1, "http://echo/")
+			return err
+		})
+	}
 	return ns
 }
 
