@@ -119,7 +119,7 @@ func New(opts Options) (*Proxy, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	d, err := hbone.NewDialer(hbone.DialerOptions{DialContext: opts.DialHBONE, Logger: log.With("component", "hbone-dialer")})
+	d, err := hbone.NewDialer(hbone.DialerOptions{DialContext: opts.DialHBONE, Logger: log.With("part", "hbone-dialer")})
 	if err != nil {
 		return nil, err
 	}
