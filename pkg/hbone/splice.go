@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"syscall"
 )
 
 // TryWriter is a destination that can take bytes without blocking. A stream copying into
@@ -22,37 +21,6 @@ type TryWriter interface {
 	// wrote: 0 if it would block or failed (a later Write reports the error). It is called
 	// from the connection's reader goroutine, concurrently with nothing else writing.
 	TryWrite(p []byte) int
-}
-
-// SocketWriter writes to a socket without blocking, for TryWriter implementations.
-type SocketWriter struct{ rc syscall.RawConn }
-
-// NewSocketWriter returns a SocketWriter for c if c is a socket (a syscall.Conn, such as
-// *net.TCPConn), or nil. A nil *SocketWriter writes nothing.
-func NewSocketWriter(c any) *SocketWriter {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	return &SocketWriter{rc: rc}
-}
-
-// TryWrite writes what the socket's buffer takes of p now and returns how much that was.
-func (w *SocketWriter) TryWrite(p []byte) int {
-	if w == nil || len(p) == 0 {
-		return 0
-	}
-	var n int
-	// The function returns true at once: RawConn.Write does not wait for writability.
-	_ = w.rc.Write(func(fd uintptr) bool {
-		n = writeNonblocking(fd, p)
-		return true
-	})
-	return n
 }
 
 // socketTryWriter is a plain socket as a TryWriter.
