@@ -334,6 +334,13 @@ func (rb *recvBuf) readLocked(p []byte) (int, error) {
 	return 0, rb.err
 }
 
+// buffered is the number of bytes waiting to be read.
+func (rb *recvBuf) buffered() int {
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
+	return rb.n
+}
+
 func (rb *recvBuf) error() error {
 	rb.mu.Lock()
 	defer rb.mu.Unlock()

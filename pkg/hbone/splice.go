@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 )
 
 // TryWriter is a destination that can take bytes without blocking. A stream copying into
@@ -65,9 +66,20 @@ func (st *stream) splice(w io.Writer) (n int64, rerr, werr error) {
 		rb.setSink(tw)
 		defer func() { n += rb.clearSink() }()
 	}
-	bp, pool := smallCopyPool.Get().(*[]byte), &smallCopyPool
-	defer func() { pool.Put(bp) }()
-	buf := *bp
+	// The copy buffer is taken only while bytes wait in the stream's buffer: an idle
+	// stream, or one whose bytes take the direct path, holds none.
+	var (
+		bp   *[]byte
+		pool *sync.Pool
+		buf  []byte
+	)
+	putBuf := func() {
+		if bp != nil {
+			pool.Put(bp)
+			bp, buf = nil, nil
+		}
+	}
+	defer putBuf()
 	for {
 		if st.closed.Load() {
 			return n, net.ErrClosed, nil
@@ -75,6 +87,10 @@ func (st *stream) splice(w io.Writer) (n int64, rerr, werr error) {
 		expired, _ := st.rdDead.wait()
 		if isClosed(expired) {
 			return n, os.ErrDeadlineExceeded, nil
+		}
+		if bp == nil && rb.buffered() > 0 {
+			bp, pool = smallCopyPool.Get().(*[]byte), &smallCopyPool
+			buf = *bp
 		}
 		k, err := rb.take(buf)
 		if k > 0 {
@@ -88,11 +104,14 @@ func (st *stream) splice(w io.Writer) (n int64, rerr, werr error) {
 				return n, nil, ew // the sink stays ours: nothing more is written to it
 			}
 			rb.release()
-			if k == len(buf) && pool == &smallCopyPool {
+			switch {
+			case k == len(buf) && pool == &smallCopyPool:
 				// A full read: bulk transfer, continue with the large buffer.
 				pool.Put(bp)
 				bp, pool = largeCopyPool.Get().(*[]byte), &largeCopyPool
 				buf = *bp
+			case k < len(buf) && rb.buffered() == 0:
+				putBuf() // drained
 			}
 			continue
 		}
