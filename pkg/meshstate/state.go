@@ -9,14 +9,15 @@
 package meshstate
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"github.com/ambient-lite/ambient-lite/pkg/xds"
 	"net/netip"
 	"sync"
 	"sync/atomic"
 
 	"github.com/ambient-lite/ambient-lite/pkg/identity"
+	"github.com/ambient-lite/ambient-lite/pkg/xds"
 	"istio.io/istio/pkg/workloadapi"
 )
 
@@ -43,6 +44,51 @@ type Snapshot struct {
 	services  map[string]*Service      // by key
 	byVIP     map[netip.Addr]*Service
 	endpoints map[string][]*Workload // service key -> workloads that list it
+
+	// replaced is closed when the store that made this snapshot stores the next one, next.
+	replaced chan struct{}
+	next     *Snapshot
+}
+
+// Replaced returns a channel that is closed once the store that made s holds a newer
+// snapshot, which Next then returns. A reader can so wait for the state to change without
+// polling and without a reference to the store.
+func (s *Snapshot) Replaced() <-chan struct{} { return s.replaced }
+
+// Next returns the snapshot that replaced s, or nil while s is the current one (until
+// Replaced is closed).
+func (s *Snapshot) Next() *Snapshot {
+	select {
+	case <-s.replaced:
+		return s.next
+	default:
+		return nil
+	}
+}
+
+// Latest returns the newest snapshot of s's store: s or one that replaced it.
+func (s *Snapshot) Latest() *Snapshot {
+	for n := s.Next(); n != nil; n = s.Next() {
+		s = n
+	}
+	return s
+}
+
+// Await returns the first snapshot, from s on, for which ok holds: s itself, or one of the
+// snapshots its store replaces it with later. When ctx ends first it returns the newest
+// snapshot seen and false.
+func (s *Snapshot) Await(ctx context.Context, ok func(*Snapshot) bool) (*Snapshot, bool) {
+	for {
+		if ok(s) {
+			return s, true
+		}
+		select {
+		case <-s.replaced:
+			s = s.next
+		case <-ctx.Done():
+			return s.Latest(), false
+		}
+	}
 }
 
 // Workload returns the workload with uid.
@@ -148,7 +194,11 @@ func (s *Store) Apply(addrs []*workloadapi.Address, removals []string) error {
 		services[v.Key] = v
 	}
 	s.workloads, s.services = workloads, services
-	s.cur.Store(index(workloads, services))
+	next := index(workloads, services)
+	prev := s.cur.Load()
+	s.cur.Store(next)
+	prev.next = next
+	close(prev.replaced)
 	return nil
 }
 
@@ -205,6 +255,7 @@ func index(workloads map[string]*Workload, services map[string]*Service) *Snapsh
 	s := &Snapshot{
 		workloads: workloads, services: services,
 		byIP: map[netip.Addr]*Workload{}, byVIP: map[netip.Addr]*Service{}, endpoints: map[string][]*Workload{},
+		replaced: make(chan struct{}),
 	}
 	for _, w := range workloads {
 		for _, ip := range w.IPs {

@@ -1,11 +1,13 @@
 package meshstate
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"istio.io/istio/pkg/workloadapi"
@@ -149,5 +151,46 @@ func TestIdentityDefaults(t *testing.T) {
 	}
 	if _, err := newWorkload(&workloadapi.Workload{Uid: "u"}, "cluster.local"); err == nil {
 		t.Error("a workload without namespace was accepted")
+	}
+}
+
+// TestAwait: a reader holding an old snapshot waits for the store's next Apply, without
+// polling, and gets the first snapshot that satisfies it; a condition never met returns
+// the newest snapshot when the context ends.
+func TestAwait(t *testing.T) {
+	s := NewStore("cluster.local")
+	first := s.Snapshot()
+	if first.Next() != nil {
+		t.Fatal("the current snapshot has a next one")
+	}
+	has := func(uid string) func(*Snapshot) bool {
+		return func(sn *Snapshot) bool { _, ok := sn.Workload(uid); return ok }
+	}
+	got := make(chan *Snapshot, 1)
+	go func() {
+		sn, _ := first.Await(context.Background(), has("b"))
+		got <- sn
+	}()
+	for _, uid := range []string{"a", "b"} {
+		time.Sleep(10 * time.Millisecond)
+		if err := s.Apply([]*workloadapi.Address{{Type: &workloadapi.Address_Workload{Workload: &workloadapi.Workload{Uid: uid, Namespace: "ns"}}}}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case sn := <-got:
+		if _, ok := sn.Workload("b"); !ok || sn != s.Snapshot() {
+			t.Fatalf("Await returned a snapshot without b, or not the current one")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Await did not return after the Apply it waited for")
+	}
+	if first.Latest() != s.Snapshot() {
+		t.Error("Latest of the first snapshot is not the current one")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if sn, ok := first.Await(ctx, has("never")); ok || sn != s.Snapshot() {
+		t.Errorf("Await of a condition never met = (current: %v), %v; want the current snapshot, false", sn == s.Snapshot(), ok)
 	}
 }

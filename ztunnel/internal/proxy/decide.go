@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/netip"
+	"time"
 
 	"github.com/ambient-lite/ambient-lite/pkg/identity"
 	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
@@ -105,24 +107,58 @@ type outboundDecision struct {
 	Source *meshstate.Workload // nil if the client is not a known workload
 }
 
-// decideOutbound routes a connection from src to its original destination dst, through
+// sourceWait bounds how long an in-pod connection waits for its pod's workload (Rust
+// ztunnel's wait_for_workload, 5 s).
+const sourceWait = 5 * time.Second
+
+// decideOutbound routes a connection from src to its original destination dst (see
+// routeOutbound). In in-pod mode (self set) it first waits, up to sourceWait, for the
+// state to name the pod's workload: the node agent hands ztunnel a new pod's netns (ZDS)
+// before the control plane's workload for it arrives (xDS), and a connection the pod makes
+// as it starts would otherwise have no source identity, and be closed. As in Rust
+// ztunnel, the wait is on the state store's updates (meshstate.Snapshot.Await), not a poll.
+func decideOutbound(snap *meshstate.Snapshot, node string, self []string, src, dst netip.AddrPort, pick func(int) int) (outboundDecision, error) {
+	if len(self) > 0 {
+		snap = awaitSource(snap, node, self, src, sourceWait)
+	}
+	return routeOutbound(snap, node, self, src, dst, pick)
+}
+
+// awaitSource returns the first snapshot, from snap on, in which the connection from src
+// has a source workload on node, or the newest one after d.
+func awaitSource(snap *meshstate.Snapshot, node string, self []string, src netip.AddrPort, d time.Duration) *meshstate.Snapshot {
+	known := func(s *meshstate.Snapshot) bool { return sourceWorkload(s, node, self, src) != nil }
+	if known(snap) {
+		return snap
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	snap, _ = snap.Await(ctx, known)
+	return snap
+}
+
+// sourceWorkload is the workload on node a connection from src comes from: in in-pod mode
+// the first of self's uids the state holds on node; otherwise, or if none is, the workload
+// with src's address.
+func sourceWorkload(snap *meshstate.Snapshot, node string, self []string, src netip.AddrPort) *meshstate.Workload {
+	for _, uid := range self {
+		if w, ok := snap.Workload(uid); ok && w.GetNode() == node {
+			return w
+		}
+	}
+	if w, ok := snap.WorkloadByIP(src.Addr().Unmap()); ok && w.GetNode() == node {
+		return w
+	}
+	return nil
+}
+
+// routeOutbound routes a connection from src to its original destination dst, through
 // the destination's waypoint if it has one (meshstate.Snapshot.Outbound). A connection that
 // must go over HBONE needs a known source workload on this node: its identity is the one
 // ztunnel presents. In in-pod mode self lists the uids the pod's workload may have, tried
 // first; otherwise (or if none is on this node) src's address names the source.
-func decideOutbound(snap *meshstate.Snapshot, node string, self []string, src, dst netip.AddrPort, pick func(int) int) (outboundDecision, error) {
-	var d outboundDecision
-	for _, uid := range self {
-		if w, ok := snap.Workload(uid); ok && w.GetNode() == node {
-			d.Source = w
-			break
-		}
-	}
-	if d.Source == nil {
-		if w, ok := snap.WorkloadByIP(src.Addr().Unmap()); ok && w.GetNode() == node {
-			d.Source = w
-		}
-	}
+func routeOutbound(snap *meshstate.Snapshot, node string, self []string, src, dst netip.AddrPort, pick func(int) int) (outboundDecision, error) {
+	d := outboundDecision{Source: sourceWorkload(snap, node, self, src)}
 	route, err := snap.Outbound(d.Source, dst, pick)
 	if err != nil {
 		return outboundDecision{}, err

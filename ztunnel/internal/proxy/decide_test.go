@@ -7,10 +7,12 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ambient-lite/ambient-lite/pkg/identity"
 	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/localconfig"
+	"istio.io/istio/pkg/workloadapi"
 )
 
 func snapshot(t *testing.T) *meshstate.Snapshot {
@@ -111,7 +113,7 @@ func TestDecideOutboundInPod(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d, err := decideOutbound(snap, tt.node, tt.self, netip.MustParseAddrPort(tt.src), vip, first)
+			d, err := routeOutbound(snap, tt.node, tt.self, netip.MustParseAddrPort(tt.src), vip, first)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err = %v, want it to contain %q", err, tt.wantErr)
@@ -122,5 +124,55 @@ func TestDecideOutboundInPod(t *testing.T) {
 				t.Fatalf("decision = %+v, %v; want source %s", d, err, tt.want)
 			}
 		})
+	}
+}
+
+// TestDecideOutboundWaitsForThePod: an in-pod connection from a pod whose workload the
+// state does not hold yet (ZDS before xDS) waits for it, and is routed with its identity
+// once it arrives; one that never arrives gives up after the bound.
+func TestDecideOutboundWaitsForThePod(t *testing.T) {
+	b, err := os.ReadFile("../localconfig/testdata/two-nodes.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := localconfig.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var client *workloadapi.Address
+	var rest []*workloadapi.Address
+	for _, a := range cfg.Addresses {
+		if a.GetWorkload().GetUid() == "cluster1//Pod/default/client" {
+			client = a
+			continue
+		}
+		rest = append(rest, a)
+	}
+	store := meshstate.NewStore("cluster.local")
+	if err := store.Apply(rest, nil); err != nil {
+		t.Fatal(err)
+	}
+	self := []string{"4f0c-pod-uid", "cluster1//Pod/default/client"}
+	src, vip := netip.MustParseAddrPort("10.10.1.2:4000"), netip.MustParseAddrPort("10.96.0.20:80")
+	if _, err := routeOutbound(store.Snapshot(), "node-a", self, src, vip, func(int) int { return 0 }); err == nil {
+		t.Fatal("routed without the source workload")
+	}
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		_ = store.Apply([]*workloadapi.Address{client}, nil)
+	}()
+	start := time.Now()
+	d, err := decideOutbound(store.Snapshot(), "node-a", self, src, vip, func(int) int { return 0 })
+	if err != nil || d.Source == nil || d.Source.Uid != "cluster1//Pod/default/client" || d.Route.Kind != meshstate.HBONE {
+		t.Fatalf("decision = %+v, %v; want HBONE from the client's workload", d, err)
+	}
+	if waited := time.Since(start); waited < 50*time.Millisecond || waited > sourceWait {
+		t.Errorf("waited %s for the workload applied after 100ms", waited)
+	}
+
+	start = time.Now()
+	snap := awaitSource(store.Snapshot(), "node-a", []string{"nope"}, netip.MustParseAddrPort("10.10.9.9:1"), 50*time.Millisecond)
+	if waited := time.Since(start); waited < 50*time.Millisecond || waited > time.Second || snap != store.Snapshot() {
+		t.Errorf("an unknown pod: waited %s, current snapshot %v; want about 50ms and the current one", waited, snap == store.Snapshot())
 	}
 }
