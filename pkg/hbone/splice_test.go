@@ -154,13 +154,22 @@ func TestWriteToPartialSink(t *testing.T) {
 	}()
 	var want []byte
 	rng := rand.New(rand.NewPCG(1, 2))
-	for range 2000 {
+	for i := range 2000 {
 		m := make([]byte, 1+rng.IntN(8<<10))
 		for i := range m {
 			m[i] = byte(rng.Uint32())
 		}
 		want = append(want, m...)
 		msgs <- m
+		if i < 20 {
+			// Paced at first: each message is delivered before the next, so frames
+			// arrive with nothing buffered and the direct path is taken however busy
+			// the machine; the flood after it fills the buffer.
+			eventually(t, "the sink taking the paced message", func() bool {
+				got, _, _, _ := sink.state()
+				return len(got) == len(want)
+			})
+		}
 	}
 	close(msgs)
 	if err := <-done; err != nil {
