@@ -126,10 +126,10 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	}
 	readyL, statsL, adminL := listeners[0], listeners[1], listeners[2]
 
+	authorizer := &proxy.PolicyAuthorizer{Policies: policies.Current, Log: log.With("component", "authz")}
 	px, err := proxy.New(proxy.Options{
 		Node: cfg.NodeName, State: store.Snapshot, Certs: certs, Roots: func() []*x509.Certificate { return roots },
-		TrustDomain: cfg.TrustDomain, Metrics: m, Log: log,
-		Authorizer: proxy.PolicyAuthorizer{Policies: policies.Current, Log: log.With("component", "authz")},
+		TrustDomain: cfg.TrustDomain, Metrics: m, Log: log, Authorizer: authorizer,
 	})
 	if err != nil {
 		return err
@@ -145,6 +145,8 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	defer stopRun()
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error { return certs.Run(gctx) })
+	// Open connections a policy change now denies are closed (Rust ztunnel's PolicyWatcher).
+	g.Go(func() error { return authorizer.Run(gctx, policies.Changed, store.Snapshot) })
 	if xdsClient != nil {
 		g.Go(func() error { return xdsClient.Run(gctx) })
 	}

@@ -31,11 +31,19 @@ type PolicyStore struct {
 	mu       sync.Mutex
 	policies map[string]*security.Authorization
 	current  atomic.Pointer[authz.Policies]
+	changed  chan struct{} // closed (and replaced) by each Apply
 }
 
 // NewPolicyStore returns an empty store (which allows everything).
 func NewPolicyStore(opts authz.Options) *PolicyStore {
-	return &PolicyStore{opts: opts, policies: map[string]*security.Authorization{}}
+	return &PolicyStore{opts: opts, policies: map[string]*security.Authorization{}, changed: make(chan struct{})}
+}
+
+// Changed returns a channel that is closed by the next successful Apply.
+func (s *PolicyStore) Changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
 }
 
 // Current returns the compiled policies; nil (allow all) before the first Apply.
@@ -66,6 +74,8 @@ func (s *PolicyStore) Apply(upserts []*security.Authorization, removals []string
 	}
 	s.policies = next
 	s.current.Store(compiled)
+	close(s.changed)
+	s.changed = make(chan struct{})
 	return nil
 }
 

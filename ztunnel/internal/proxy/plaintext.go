@@ -39,6 +39,8 @@ func (s *scope) handlePlaintext(c net.Conn, listenerPort uint16) {
 		s.log.Debug("inbound plaintext: connecting to workload", "dst", d.Target, "err", err)
 		return
 	}
+	forget := watchConn(p.opts.Authorizer, Conn{SourceIP: src.Addr().Unmap(), Dest: d.Workload, DestIP: d.Target.Addr(), DestPort: d.Target.Port()}, c)
+	defer forget()
 	rec := p.opts.Metrics.Open(connLabels(metrics.ReporterDestination, p.opts.State().WorkloadByIPOrNil(src.Addr()), identity.ID{}, d.Workload, nil, false))
 	defer rec.Close()
 	_, _, _ = Pipe(c, up, rec.Received, rec.Sent)
