@@ -22,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
+	"github.com/ambient-lite/ambient-lite/pkg/envconfig"
 	"github.com/ambient-lite/ambient-lite/pkg/testenv"
 	"github.com/ambient-lite/ambient-lite/tests/cluster"
 	"github.com/ambient-lite/ambient-lite/tests/testca"
@@ -225,6 +226,7 @@ func (m *benchL7Mesh) startWaypoint(t testing.TB, bin string, extraEnv ...string
 		"XDS_ADDRESS=" + m.xds.Address, "CA_ADDRESS=" + m.ca.Address, "CA_SERVER_NAME=" + testca.ServerName,
 		"ROOT_CERT_PATH=" + m.ca.RootPath, "TOKEN_PATH=" + token, "POD_NAME=waypoint", "POD_NAMESPACE=default",
 		"INSTANCE_IP=10.10.3.2", "GATEWAY_NAME=waypoint", "SERVICE_ACCOUNT=waypoint", "DRAIN_DURATION=1s",
+		"GODEBUG=" + envconfig.DataPlaneGODEBUG, // as deployed
 	}, extraEnv...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cluster.StartChild(cmd); err != nil {

@@ -22,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
+	"github.com/ambient-lite/ambient-lite/pkg/envconfig"
 	"github.com/ambient-lite/ambient-lite/tests/testca"
 )
 
@@ -255,6 +256,7 @@ func newL7Mesh(t *testing.T) *l7Mesh {
 		"XDS_ADDRESS=" + m.xds.Address, "CA_ADDRESS=" + ca.Address, "CA_SERVER_NAME=" + testca.ServerName,
 		"ROOT_CERT_PATH=" + ca.RootPath, "TOKEN_PATH=" + token, "POD_NAME=waypoint", "POD_NAMESPACE=default",
 		"INSTANCE_IP=10.10.3.2", "GATEWAY_NAME=waypoint", "SERVICE_ACCOUNT=waypoint", "LOG_LEVEL=debug", "DRAIN_DURATION=1s",
+		"GODEBUG=" + envconfig.DataPlaneGODEBUG, // as deployed
 	}, buildWaypoint(t))
 	m.waitReady(t, m.waypoint)
 	return m

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ambient-lite/ambient-lite/pkg/envconfig"
 	"github.com/ambient-lite/ambient-lite/pkg/testenv"
 	"github.com/ambient-lite/ambient-lite/tests/cluster"
 	"github.com/ambient-lite/ambient-lite/tests/testca"
@@ -142,6 +143,7 @@ func newMeshWith(t testing.TB, a, b node) *mesh {
 			"LOCAL_XDS_PATH=" + write(name+".yaml", config), "NODE_NAME=" + name, "CA_ADDRESS=" + n.ca.Address,
 			"CA_SERVER_NAME=" + testca.ServerName, "ROOT_CERT_PATH=" + write(name+"-roots.pem", roots),
 			"TOKEN_PATH=" + tokenPath, "LOG_LEVEL=debug", "DRAIN_DURATION=" + drain,
+			"GODEBUG=" + envconfig.DataPlaneGODEBUG, // as deployed
 		}, bin)
 	}
 	m.ztunnelA, m.logA = start(m.nodeA, "node-a", a)

@@ -23,6 +23,8 @@ import (
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/ambient-lite/ambient-lite/pkg/envconfig"
 )
 
 // Istio's names (pkg/config/constants, istio.io/api/label and annotation).
@@ -189,6 +191,8 @@ func Render(gw *gatewayv1.Gateway, opts RenderOptions) Objects {
 		corev1ac.EnvVar().WithName(EnvGatewayName).WithValue(gw.Name),
 		corev1ac.EnvVar().WithName(EnvCAAddress).WithValue(opts.CAAddress),
 		corev1ac.EnvVar().WithName(EnvXDSAddress).WithValue(opts.XDSAddress),
+		// The Go runtime setting every data-plane process runs with (see its doc).
+		corev1ac.EnvVar().WithName("GODEBUG").WithValue(envconfig.DataPlaneGODEBUG),
 	}
 	if opts.CAServerName != "" {
 		env = append(env, corev1ac.EnvVar().WithName(EnvCAServerName).WithValue(opts.CAServerName))
