@@ -101,6 +101,41 @@ func TestLongConnSurvivesScaleUp(t *testing.T) {
 	logs := e.kubectl(t, "-n", ns, "logs", "longconn", "--timestamps")
 	t.Logf("long-lived connection through the scale-up: %s", measureLongConn(t, logs, start, time.Now()))
 	if strings.Contains(logs, "connection closed") {
-		t.Errorf("the long-lived connection closed when echo scaled from 1 to 2")
+		t.Fatalf("the long-lived connection closed when echo scaled from 1 to 2")
 	}
+
+	// A policy that now denies the client closes the open connection (over HBONE, at the
+	// destination's ztunnel), as Istio's ztunnel does; the scale-up above did not.
+	denyAt := time.Now()
+	if _, err := e.k.Apply(ctx(t), ns, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-longconn}
+spec:
+  selector:
+    matchLabels: {app: echo}
+  action: DENY
+  rules:
+  - from:
+    - source:
+        principals: ["cluster.local/ns/`+ns+`/sa/client"]
+`); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Minute, "the long-lived connection closed by the DENY", func() error {
+		logs, err := e.k.Kubectl(ctx(t), "-n", ns, "logs", "longconn")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(logs, "connection closed") {
+			return fmt.Errorf("still open; its log ends:\n%s", tail(logs, 5))
+		}
+		return nil
+	})
+	t.Logf("the DENY closed the long-lived connection %v after it was applied", time.Since(denyAt).Round(100*time.Millisecond))
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

@@ -108,7 +108,10 @@ func (s *scope) handleHBONE(ctx context.Context, req *hbone.Request) (net.Conn, 
 	}
 	src := inboundSource(snap, req.Peer, clientIP(req), req.RemoteAddr.Addr())
 	rec := p.opts.Metrics.Open(connLabels(metrics.ReporterDestination, src, req.Peer, d.Workload, nil, true))
-	return &countedConn{Conn: up, rec: rec, sw: hbone.NewSocketWriter(up)}, nil
+	// A policy change that denies the stream later closes it (PolicyAuthorizer.Run).
+	forget := watchConn(p.opts.Authorizer, Conn{Source: req.Peer, SourceIP: req.RemoteAddr.Addr().Unmap(), Dest: d.Workload,
+		DestIP: d.Target.Addr(), DestPort: d.Target.Port()}, up)
+	return &countedConn{Conn: up, rec: rec, sw: hbone.NewSocketWriter(up), forget: forget}, nil
 }
 
 // clientIP is the original client's address: the forwarded header when present, else the
@@ -211,6 +214,8 @@ type countedConn struct {
 	net.Conn
 	rec *metrics.Conn
 	sw  *hbone.SocketWriter // up's socket, for the stream's direct path
+	// forget unregisters the stream from the policy watcher.
+	forget func()
 }
 
 var _ hbone.TryWriter = (*countedConn)(nil)
@@ -242,6 +247,7 @@ func (c *countedConn) CloseWrite() error {
 }
 
 func (c *countedConn) Close() error {
+	c.forget()
 	c.rec.Close()
 	return c.Conn.Close()
 }
