@@ -133,7 +133,7 @@ func BenchmarkL4(b *testing.B) {
 		}
 		fmt.Printf("%-26s %12.2f %9.3f %9.3f %9.3f %16s %12s   %s\n", r.name, r.gbps, r.p50, r.p90, r.p99, cpu, rss, ratio)
 	}
-	fmt.Printf("targets: throughput ≥ 0.5x direct and ≥ 1.2x stunnel; added p99 ≤ 0.2 ms; ≤ 0.05 vCPU per 1000 rps per ztunnel; RSS ≤ 20 MB (the larger ztunnel's VmHWM)\n\n")
+	fmt.Printf("issue 13 targets: throughput ≥ 0.4x direct and ≥ 1.5x stunnel; added p99 at 1,000 rps ≤ 0.3 ms; ≤ 0.06 vCPU per 1000 rps per ztunnel; RSS ≤ 20 MB (the larger ztunnel's VmHWM)\n\n")
 }
 
 // background runs a server inside ns until the test ends.
