@@ -70,3 +70,31 @@ func isClosed(c <-chan struct{}) bool {
 		return false
 	}
 }
+
+// deadlines gives either end of a stream (Stream, a Local upstream's conn) net.Conn's
+// deadline methods. The read deadline interrupts a blocked Read; the write deadline
+// interrupts a Write waiting for flow-control window (not one blocked on the connection
+// itself, which the keepalive bounds).
+type deadlines struct{ rd, wr *deadline }
+
+// deadlines returns st's deadlines.
+func (st *stream) deadlines() deadlines { return deadlines{rd: st.rdDead, wr: st.wrDead} }
+
+// SetDeadline sets both deadlines.
+func (d deadlines) SetDeadline(t time.Time) error {
+	d.rd.setDeadline(t)
+	d.wr.setDeadline(t)
+	return nil
+}
+
+// SetReadDeadline sets the read deadline.
+func (d deadlines) SetReadDeadline(t time.Time) error {
+	d.rd.setDeadline(t)
+	return nil
+}
+
+// SetWriteDeadline sets the write deadline.
+func (d deadlines) SetWriteDeadline(t time.Time) error {
+	d.wr.setDeadline(t)
+	return nil
+}

@@ -260,11 +260,12 @@ func (d *Dialer) open(ctx context.Context, pc *pooledConn, req *DialRequest, fie
 		return nil, &StatusError{Code: resp.status}
 	}
 	return &Stream{
-		st:      st,
-		header:  resp.header,
-		local:   pc.local,
-		remote:  net.TCPAddrFromAddrPort(req.Target),
-		release: release,
+		deadlines: st.deadlines(),
+		st:        st,
+		header:    resp.header,
+		local:     pc.local,
+		remote:    net.TCPAddrFromAddrPort(req.Target),
+		release:   release,
 	}, nil
 }
 

@@ -4,7 +4,6 @@ import (
 	"net"
 	"net/http"
 	"sync/atomic"
-	"time"
 
 	"golang.org/x/net/http2"
 )
@@ -32,6 +31,7 @@ func (*localUpstream) Close() error { return nil }
 
 // serverConn is an accepted stream as a net.Conn, for Local.
 type serverConn struct {
+	deadlines
 	st            *stream
 	local, remote net.Addr
 	read, written atomic.Int64
@@ -42,7 +42,7 @@ var _ net.Conn = (*serverConn)(nil)
 
 // serveLocal hands st to lu's serve and ends the stream when it returns.
 func serveLocal(st *stream, lu *localUpstream, req *Request) Stats {
-	c := &serverConn{st: st, local: net.TCPAddrFromAddrPort(req.LocalAddr), remote: net.TCPAddrFromAddrPort(req.RemoteAddr)}
+	c := &serverConn{deadlines: st.deadlines(), st: st, local: net.TCPAddrFromAddrPort(req.LocalAddr), remote: net.TCPAddrFromAddrPort(req.RemoteAddr)}
 	lu.serve(c)
 	stats := Stats{Status: http.StatusOK, ToUpstream: c.read.Load(), FromUpstream: c.written.Load()}
 	if err := c.werr.Load(); err != nil {
@@ -77,19 +77,3 @@ func (c *serverConn) Close() error {
 
 func (c *serverConn) LocalAddr() net.Addr  { return c.local }
 func (c *serverConn) RemoteAddr() net.Addr { return c.remote }
-
-func (c *serverConn) SetDeadline(t time.Time) error {
-	c.st.rdDead.setDeadline(t)
-	c.st.wrDead.setDeadline(t)
-	return nil
-}
-
-func (c *serverConn) SetReadDeadline(t time.Time) error {
-	c.st.rdDead.setDeadline(t)
-	return nil
-}
-
-func (c *serverConn) SetWriteDeadline(t time.Time) error {
-	c.st.wrDead.setDeadline(t)
-	return nil
-}

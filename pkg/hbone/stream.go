@@ -4,7 +4,6 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"time"
 
 	"golang.org/x/net/http2"
 )
@@ -18,6 +17,7 @@ import (
 // (END_STREAM) if the server already ended its side, with a reset (RST_STREAM CANCEL)
 // otherwise. Close must be called to release the stream's slot in its pooled connection.
 type Stream struct {
+	deadlines
 	st      *stream
 	header  http.Header
 	local   net.Addr
@@ -55,23 +55,3 @@ func (s *Stream) RemoteAddr() net.Addr { return s.remote }
 
 // ResponseHeader returns the header fields of the server's 200 response.
 func (s *Stream) ResponseHeader() http.Header { return s.header }
-
-// SetDeadline sets both deadlines.
-func (s *Stream) SetDeadline(t time.Time) error {
-	s.st.rdDead.setDeadline(t)
-	s.st.wrDead.setDeadline(t)
-	return nil
-}
-
-// SetReadDeadline sets the read deadline; it interrupts a blocked Read.
-func (s *Stream) SetReadDeadline(t time.Time) error {
-	s.st.rdDead.setDeadline(t)
-	return nil
-}
-
-// SetWriteDeadline sets the write deadline; it interrupts a Write waiting for flow-control
-// window (not one blocked on the connection itself, which the keepalive bounds).
-func (s *Stream) SetWriteDeadline(t time.Time) error {
-	s.st.wrDead.setDeadline(t)
-	return nil
-}
