@@ -12,29 +12,15 @@ import (
 // firstConns is a pod on node1 that, right as its container starts, connects to echo's TCP
 // port 8 times 300 ms apart and prints 1 for each connection that got its line echoed back,
 // 0 for one that did not ("answers: 1 1 1 1 1 1 1 1").
-const firstConns = `apiVersion: v1
-kind: Pod
-metadata: {name: %s}
-spec:
-  serviceAccountName: client
-  nodeSelector: {kubernetes.io/hostname: node1}
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: nc
-    image: ambient-lite.local/echo:dev
-    imagePullPolicy: IfNotPresent
-    command:
-    - sh
-    - -c
-    - |
-      a=""
-      for i in 1 2 3 4 5 6 7 8; do
-        if echo hi | nc -w 2 echo 9090 | grep -q hi; then a="$a 1"; else a="$a 0"; fi
-        sleep 0.3
-      done
-      echo "answers:$a"
-      sleep 3600
-`
+func firstConns(name string) string {
+	return node1Client(name, `a=""
+for i in 1 2 3 4 5 6 7 8; do
+  if echo hi | nc -w 2 echo 9090 | grep -q hi; then a="$a 1"; else a="$a 0"; fi
+  sleep 0.3
+done
+echo "answers:$a"
+sleep 3600`)
+}
 
 // TestNewPodFirstConnection: a newly enrolled pod's very first outbound connection, made as
 // its container starts (its netns may reach ztunnel over ZDS before its workload reaches it
@@ -44,7 +30,7 @@ func TestNewPodFirstConnection(t *testing.T) {
 	ns := e.deploy(t, app{Enrolled: true, EchoNode: "node2", ClientNode: "node1"})
 	names := []string{"first-a", "first-b", "first-c"}
 	for _, n := range names {
-		if _, err := e.k.Apply(ctx(t), ns, fmt.Sprintf(firstConns, n)); err != nil {
+		if _, err := e.k.Apply(ctx(t), ns, firstConns(n)); err != nil {
 			t.Fatal(err)
 		}
 	}

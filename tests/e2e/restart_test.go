@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -26,9 +27,19 @@ func TestRolloutRestartNodeAgent(t *testing.T) {
 // kubelet's timestamps) records every answer, and when the connection ended. A connection
 // that gets no answer at all is retried ("no answer, retrying"): a new pod's first
 // connection can fail (see measureLongConn).
-const longConn = `apiVersion: v1
+var longConn = node1Client("longconn", `while :; do
+  (while :; do echo ping; sleep 0.2; done) | nc echo 9090 | while read -r l; do touch /tmp/up; echo "$l"; done
+  if [ -e /tmp/up ]; then echo "connection closed"; break; fi
+  echo "no answer, retrying"; sleep 0.5
+done
+sleep 3600`)
+
+// node1Client is a pod named name on node1, as the client's ServiceAccount, running the
+// shell script in Istio's echo image.
+func node1Client(name, script string) string {
+	return `apiVersion: v1
 kind: Pod
-metadata: {name: longconn}
+metadata: {name: ` + name + `}
 spec:
   serviceAccountName: client
   nodeSelector: {kubernetes.io/hostname: node1}
@@ -37,17 +48,9 @@ spec:
   - name: nc
     image: ambient-lite.local/echo:dev
     imagePullPolicy: IfNotPresent
-    command:
-    - sh
-    - -c
-    - |
-      while :; do
-        (while :; do echo ping; sleep 0.2; done) | nc echo 9090 | while read -r l; do touch /tmp/up; echo "$l"; done
-        if [ -e /tmp/up ]; then echo "connection closed"; break; fi
-        echo "no answer, retrying"; sleep 0.5
-      done
-      sleep 3600
+    command: [sh, -c, ` + strconv.Quote(script) + `]
 `
+}
 
 func testRolloutRestart(t *testing.T, ds, selector string) {
 	e := mustEnv(t)
