@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -28,6 +29,10 @@ type Workload struct {
 	IPs []netip.Addr
 	// Identity is spiffe://<trust domain>/ns/<namespace>/sa/<service account>.
 	Identity identity.ID
+
+	// seq orders workloads by when the store last applied them (higher is newer); it
+	// decides which of two workloads claiming one IP the snapshot names (byIPRank).
+	seq uint64
 }
 
 // Service is a service with its parsed VIPs and its key, "namespace/hostname".
@@ -135,6 +140,7 @@ type Store struct {
 	cur                atomic.Pointer[Snapshot]
 
 	mu        sync.Mutex // serialises writers
+	seq       uint64     // the last Workload.seq given
 	workloads map[string]*Workload
 	services  map[string]*Service
 }
@@ -188,6 +194,8 @@ func (s *Store) Apply(addrs []*workloadapi.Address, removals []string) error {
 		delete(services, name)
 	}
 	for _, w := range ws {
+		s.seq++
+		w.seq = s.seq
 		workloads[w.Uid] = w
 	}
 	for _, v := range svcs {
@@ -249,8 +257,8 @@ func newService(pb *workloadapi.Service) (*Service, error) {
 	return v, nil
 }
 
-// index builds a snapshot's lookup tables. Where two workloads claim one IP, the one with
-// the smaller uid wins, so the result does not depend on map order.
+// index builds a snapshot's lookup tables. Where two workloads claim one IP, byIPRank
+// picks the one the IP names, whatever the map order.
 func index(workloads map[string]*Workload, services map[string]*Service) *Snapshot {
 	s := &Snapshot{
 		workloads: workloads, services: services,
@@ -259,7 +267,7 @@ func index(workloads map[string]*Workload, services map[string]*Service) *Snapsh
 	}
 	for _, w := range workloads {
 		for _, ip := range w.IPs {
-			if old, ok := s.byIP[ip]; !ok || w.Uid < old.Uid {
+			if old, ok := s.byIP[ip]; !ok || byIPRank(w, old) {
 				s.byIP[ip] = w
 			}
 		}
@@ -279,6 +287,34 @@ func index(workloads map[string]*Workload, services map[string]*Service) *Snapsh
 		}
 	}
 	return s
+}
+
+// byIPRank reports whether a rather than b should own an IP both claim. Kubernetes reuses
+// a pod IP once the pod's sandbox is gone, while the old Pod object (terminating, on a
+// lost node) may still be listed, so conflicts are expected and must resolve to the live
+// workload. As Rust ztunnel's WorkloadByAddr: a pod beats any other kind (it cannot
+// claim an address it does not hold), then a workload in the mesh (HBONE) one that is
+// not; then, ahead of Rust's order, a HEALTHY workload beats an unhealthy (terminating)
+// one; then the most recently applied wins, as the last inserted does in Rust ztunnel;
+// the uid breaks what remains, for workloads made outside a store.
+func byIPRank(a, b *Workload) bool {
+	rank := func(w *Workload) [3]bool {
+		return [3]bool{
+			strings.Contains(w.Uid, "//Pod/"),
+			w.GetTunnelProtocol() == workloadapi.TunnelProtocol_HBONE,
+			w.GetStatus() == workloadapi.WorkloadStatus_HEALTHY,
+		}
+	}
+	ra, rb := rank(a), rank(b)
+	for i := range ra {
+		if ra[i] != rb[i] {
+			return ra[i]
+		}
+	}
+	if a.seq != b.seq {
+		return a.seq > b.seq
+	}
+	return a.Uid < b.Uid
 }
 
 func cloneMap[V any](m map[string]V) map[string]V {

@@ -194,3 +194,54 @@ func TestAwait(t *testing.T) {
 		t.Errorf("Await of a condition never met = (current: %v), %v; want the current snapshot, false", sn == s.Snapshot(), ok)
 	}
 }
+
+// TestIPConflict: two workloads claiming one IP (a pod IP reused while the old Pod object is
+// still listed) resolve to the live one, whatever the apply order or the uids.
+func TestIPConflict(t *testing.T) {
+	const ip = "10.1.0.7"
+	type wl struct {
+		uid     string
+		hbone   bool
+		healthy bool
+	}
+	pod := func(name string, hbone, healthy bool) wl { return wl{"c1//Pod/ns/" + name, hbone, healthy} }
+	tests := []struct {
+		name  string
+		apply [][]wl // one Apply per element, in order
+		want  string
+	}{
+		{"a pod beats a workload entry", [][]wl{{pod("z", false, false)}, {{"c1/networking.istio.io/WorkloadEntry/ns/a", true, true}}}, "c1//Pod/ns/z"},
+		{"in the mesh beats outside it", [][]wl{{pod("a", false, true)}, {pod("b", true, true)}, {pod("c", false, true)}}, "c1//Pod/ns/b"},
+		{"healthy beats terminating, even applied earlier", [][]wl{{pod("new", true, true)}, {pod("old", true, false)}}, "c1//Pod/ns/new"},
+		{"the newest of equals wins", [][]wl{{pod("a", true, true)}, {pod("b", true, true)}}, "c1//Pod/ns/b"},
+		{"the newest of equals wins, either uid order", [][]wl{{pod("b", true, true)}, {pod("a", true, true)}}, "c1//Pod/ns/a"},
+		{"re-applied is newest", [][]wl{{pod("a", true, true)}, {pod("b", true, true)}, {pod("a", true, true)}}, "c1//Pod/ns/a"},
+		{"later in one batch is newer", [][]wl{{pod("b", true, true), pod("a", true, true)}}, "c1//Pod/ns/a"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := NewStore("cluster.local")
+			for _, batch := range tt.apply {
+				var addrs []*workloadapi.Address
+				for _, w := range batch {
+					pb := &workloadapi.Workload{Uid: w.uid, Name: w.uid, Namespace: "ns", Node: "n1",
+						Addresses: [][]byte{netip.MustParseAddr(ip).AsSlice()}}
+					if w.hbone {
+						pb.TunnelProtocol = workloadapi.TunnelProtocol_HBONE
+					}
+					if !w.healthy {
+						pb.Status = workloadapi.WorkloadStatus_UNHEALTHY
+					}
+					addrs = append(addrs, &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: pb}})
+				}
+				if err := s.Apply(addrs, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, ok := s.Snapshot().WorkloadByIP(netip.MustParseAddr(ip))
+			if !ok || got.Uid != tt.want {
+				t.Errorf("WorkloadByIP(%s) = %v, want %s", ip, got.GetUid(), tt.want)
+			}
+		})
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -131,6 +132,16 @@ type cniEnv struct {
 	ztunnelStats   string
 }
 
+// subnets counts the pod subnets this test binary handed out.
+var subnets atomic.Uint32
+
+// nextSubnet returns a pod subnet no other env of this test binary had: the Pod objects of
+// an earlier test outlive it in the shared apiserver (until the pod GC removes them), so a
+// reused IP would make two workloads claim it. The second octet varies by process.
+func nextSubnet() string {
+	return fmt.Sprintf("10.%d.%d.0/24", 100+os.Getpid()%100, subnets.Add(1)%250+1)
+}
+
 func newEnv(t testing.TB) *cniEnv {
 	t.Helper()
 	testenv.RequirePrivileged(t, testenv.CapNetAdmin, testenv.CapSysAdmin)
@@ -140,7 +151,7 @@ func newEnv(t testing.TB) *cniEnv {
 	e.node = e.tp.Namespace("node")
 	e.tp.Forwarding(e.node)
 	e.nodeObj = "node-" + e.mesh.NS
-	e.subnet = fmt.Sprintf("10.%d.%d.0/24", 100+os.Getpid()%100, int(time.Now().UnixNano()%200)+1)
+	e.subnet = nextSubnet()
 	ctx := context.Background()
 	if _, err := c.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: e.nodeObj}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)

@@ -85,10 +85,14 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// record logs how long t took, for TestMain's summary.
-func record(t *testing.T) {
+// record logs how long t took, for TestMain's summary, and the mesh's logs since t
+// started if it failed.
+func record(t *testing.T, e *env) {
 	start := time.Now()
 	t.Cleanup(func() {
+		if t.Failed() {
+			e.logMesh(t, start)
+		}
 		d := time.Since(start).Round(100 * time.Millisecond)
 		t.Logf("%s took %s", t.Name(), d)
 		timings.Lock()
@@ -108,7 +112,7 @@ func mustEnv(t *testing.T) *env {
 	if shared.err != nil {
 		t.Fatalf("setting up the e2e cluster: %v", shared.err)
 	}
-	record(t)
+	record(t, shared.e)
 	return shared.e
 }
 
@@ -183,7 +187,8 @@ func start() (e *env, skip string, err error) {
 	e.k = &mesh.Kube{Kubeconfig: kubeconfig, BinDir: binDir, HelmHome: filepath.Join(dir, "helm-e2e")}
 	t2 := time.Now()
 	err = e.k.Install(ctx, mesh.InstallOptions{RepoRoot: root, Set: map[string][]string{
-		"ztunnel": {"terminationGracePeriodSeconds=" + ztunnelGrace},
+		// Debug logs every refused connection: what a failed test prints (logMesh).
+		"ztunnel": {"terminationGracePeriodSeconds=" + ztunnelGrace, "logLevel=debug"},
 	}})
 	if err != nil {
 		if e.c != nil {
@@ -224,6 +229,30 @@ func runningCluster(dir string) (map[string]nodeNS, string, error) {
 		return nil, "", fmt.Errorf("%s=%s: %d nodes, want 2 (make cluster-up NODES=2)", envClusterDir, dir, len(nodes))
 	}
 	return nodes, kubeconfig, nil
+}
+
+// meshLogTail bounds the lines logMesh prints per pod.
+const meshLogTail = 300
+
+// logMesh logs what every mesh pod (ztunnel, node agent, istiod-lite) wrote since start, at
+// most meshLogTail lines each: a failure in CI then shows what the data plane saw.
+func (e *env) logMesh(t *testing.T, start time.Time) {
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pods, err := e.k.Pods(c, mesh.SystemNamespace, "")
+	if err != nil {
+		t.Logf("mesh logs: listing pods: %v", err)
+		return
+	}
+	since := start.Add(-time.Second).UTC().Format(time.RFC3339)
+	for _, p := range pods {
+		out, err := e.k.Kubectl(c, "-n", mesh.SystemNamespace, "logs", p.Name, "--all-containers",
+			"--since-time="+since, fmt.Sprintf("--tail=%d", meshLogTail))
+		if err != nil {
+			out += "\n(" + err.Error() + ")"
+		}
+		t.Logf("log of %s (node %s) since %s, last %d lines:\n%s", p.Name, p.Node, since, meshLogTail, out)
+	}
 }
 
 // ctx is a test's context: cancelled when it ends, bounded in time.
