@@ -12,9 +12,10 @@ import "embed"
 
 // CRDs holds the CRD manifests, one file per group and upstream file:
 //   - base/crds/: Istio's security.istio.io CRDs (AuthorizationPolicy, PeerAuthentication,
-//     RequestAuthentication), which the base chart installs;
-//   - gateway-api/standard/: Gateway API's standard channel, installed by the cluster
-//     operator (or `make demo`) before the mesh, as with Istio.
+//     RequestAuthentication) and networking.istio.io CRDs, which the base chart installs;
+//   - base/files/gateway-api/: Gateway API's standard channel, installed by the cluster
+//     operator (or `make demo`, or the base chart with gatewayAPI.enabled) before the
+//     mesh, as with Istio.
 //
-//go:embed base/crds/*.yaml gateway-api/standard/*.yaml
+//go:embed base/crds/*.yaml base/files/gateway-api/*.yaml
 var CRDs embed.FS

@@ -14,6 +14,14 @@ import (
 
 type module struct{ Path, Version, Dir string }
 
+// istioGroups are the Istio API groups whose CRDs the base chart installs.
+var istioGroups = []string{"networking.istio.io", "security.istio.io"}
+
+// gatewayAPIDir holds Gateway API's standard channel, which the base chart renders as
+// templates when gatewayAPI.enabled (a chart's files must live inside it: helm warns about,
+// and packages badly, a link out of the chart).
+const gatewayAPIDir = "base/files/gateway-api"
+
 func main() {
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "charts/gen:", err)
@@ -31,23 +39,27 @@ func run() error {
 		return err
 	}
 
-	// Istio publishes all its CRDs in one file; the mesh needs the security.istio.io group.
+	// Istio publishes all its CRDs in one file; the base chart ships the groups an ambient
+	// user's manifests use: security.istio.io (what the mesh enforces) and
+	// networking.istio.io (ServiceEntry, DestinationRule, ..., so such manifests still apply).
 	all, err := os.ReadFile(filepath.Join(istio.Dir, "kubernetes", "customresourcedefinitions.gen.yaml"))
 	if err != nil {
 		return fmt.Errorf("reading Istio CRDs: %w", err)
 	}
-	var security []string
-	for _, doc := range splitYAML(all) {
-		if strings.Contains(doc, "\n  group: security.istio.io\n") {
-			security = append(security, doc)
+	for _, group := range istioGroups {
+		var docs []string
+		for _, doc := range splitYAML(all) {
+			if strings.Contains(doc, "\n  group: "+group+"\n") {
+				docs = append(docs, doc)
+			}
 		}
-	}
-	if len(security) == 0 {
-		return fmt.Errorf("no security.istio.io CRDs in %s@%s", istio.Path, istio.Version)
-	}
-	if err := write("base/crds/security.istio.io.gen.yaml", istio, "kubernetes/customresourcedefinitions.gen.yaml (group security.istio.io)",
-		strings.Join(security, "---\n")); err != nil {
-		return err
+		if len(docs) == 0 {
+			return fmt.Errorf("no %s CRDs in %s@%s", group, istio.Path, istio.Version)
+		}
+		if err := write("base/crds/"+group+".gen.yaml", istio, "kubernetes/customresourcedefinitions.gen.yaml (group "+group+")",
+			strings.Join(docs, "---\n")); err != nil {
+			return err
+		}
 	}
 
 	src := filepath.Join(gw.Dir, "config", "crd", "standard")
@@ -55,7 +67,7 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("reading Gateway API CRDs: %w", err)
 	}
-	if err := os.RemoveAll("gateway-api/standard"); err != nil {
+	if err := os.RemoveAll(gatewayAPIDir); err != nil {
 		return err
 	}
 	for _, e := range entries {
@@ -66,7 +78,7 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		if err := write(filepath.Join("gateway-api/standard", e.Name()), gw, "config/crd/standard/"+e.Name(), string(b)); err != nil {
+		if err := write(filepath.Join(gatewayAPIDir, e.Name()), gw, "config/crd/standard/"+e.Name(), string(b)); err != nil {
 			return err
 		}
 	}
