@@ -127,13 +127,30 @@ func decideOutbound(snap *meshstate.Snapshot, node string, self []string, src, d
 // awaitSource returns the first snapshot, from snap on, in which the connection from src
 // has a source workload on node, or the newest one after d.
 func awaitSource(snap *meshstate.Snapshot, node string, self []string, src netip.AddrPort, d time.Duration) *meshstate.Snapshot {
-	known := func(s *meshstate.Snapshot) bool { return sourceWorkload(s, node, self, src) != nil }
-	if known(snap) {
+	return awaitFor(context.Background(), snap, d, func(s *meshstate.Snapshot) bool { return sourceWorkload(s, node, self, src) != nil })
+}
+
+// awaitLocal is the inbound side of the same wait: the node agent hands ztunnel a pod's
+// netns, and the pod starts receiving, before the control plane's workload for it (or its
+// enrollment, HBONE) arrives. It returns the first snapshot, from snap on, in which ip is a
+// workload in the mesh on node, or the newest one after d or when ctx ends. Only in-pod
+// listeners wait: what they capture is for their enrolled pod.
+func awaitLocal(ctx context.Context, snap *meshstate.Snapshot, node string, ip netip.Addr, d time.Duration) *meshstate.Snapshot {
+	return awaitFor(ctx, snap, d, func(s *meshstate.Snapshot) bool {
+		w, ok := s.WorkloadByIP(ip)
+		return ok && w.GetNode() == node && w.GetTunnelProtocol() == workloadapi.TunnelProtocol_HBONE
+	})
+}
+
+// awaitFor returns snap if ok holds for it, else the first snapshot replacing it for which
+// ok holds, or the newest one after d or when ctx ends.
+func awaitFor(ctx context.Context, snap *meshstate.Snapshot, d time.Duration, ok func(*meshstate.Snapshot) bool) *meshstate.Snapshot {
+	if ok(snap) {
 		return snap
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), d)
+	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	snap, _ = snap.Await(ctx, known)
+	snap, _ = snap.Await(ctx, ok)
 	return snap
 }
 

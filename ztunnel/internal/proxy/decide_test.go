@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"net/netip"
@@ -174,5 +175,40 @@ func TestDecideOutboundWaitsForThePod(t *testing.T) {
 	snap := awaitSource(store.Snapshot(), "node-a", []string{"nope"}, netip.MustParseAddrPort("10.10.9.9:1"), 50*time.Millisecond)
 	if waited := time.Since(start); waited < 50*time.Millisecond || waited > time.Second || snap != store.Snapshot() {
 		t.Errorf("an unknown pod: waited %s, current snapshot %v; want about 50ms and the current one", waited, snap == store.Snapshot())
+	}
+}
+
+// TestAwaitLocal: an in-pod inbound connection waits through the pod's workload arriving
+// outside the mesh (before the CNI's annotation reached the control plane) until it is in
+// the mesh; a connection whose context ends stops waiting with the newest snapshot.
+func TestAwaitLocal(t *testing.T) {
+	store := meshstate.NewStore("cluster.local")
+	ip := netip.MustParseAddr("10.10.1.2")
+	pod := func(p workloadapi.TunnelProtocol) []*workloadapi.Address {
+		return []*workloadapi.Address{{Type: &workloadapi.Address_Workload{Workload: &workloadapi.Workload{
+			Uid: "cluster1//Pod/default/client", Name: "client", Namespace: "default", Node: "node-a",
+			Addresses: [][]byte{ip.AsSlice()}, TunnelProtocol: p,
+		}}}}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = store.Apply(pod(workloadapi.TunnelProtocol_NONE), nil)
+		_ = store.Apply(pod(workloadapi.TunnelProtocol_HBONE), nil)
+	}()
+	snap := awaitLocal(context.Background(), store.Snapshot(), "node-a", ip, time.Minute)
+	<-done
+	if w, ok := snap.WorkloadByIP(ip); !ok || w.GetTunnelProtocol() != workloadapi.TunnelProtocol_HBONE {
+		t.Fatalf("awaitLocal returned %v, want the pod's workload in the mesh", w)
+	}
+	if decideInbound(snap, "node-a", inboundRequest{Target: netip.AddrPortFrom(ip, 80), Local: ip}, denyFrom("spiffe://x/ns/y/sa/z")).Status != http.StatusOK {
+		t.Error("the awaited snapshot does not admit plaintext to the pod")
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	other := netip.MustParseAddr("10.10.9.9")
+	if got := awaitLocal(ctx, store.Snapshot(), "node-a", other, time.Minute); got != store.Snapshot() {
+		t.Error("with its context ended, awaitLocal did not return the current snapshot")
 	}
 }

@@ -35,7 +35,7 @@ func newHBONESide(s *scope) (*hboneSide, error) {
 	if err != nil {
 		return nil, err
 	}
-	serverTLS, err := mtls.ServerConfig(s.p.td, s.p.serverCertificate, s.p.opts.Roots)
+	serverTLS, err := mtls.ServerConfig(s.p.td, s.serverCertificate, s.p.opts.Roots)
 	if err != nil {
 		return nil, err
 	}
@@ -76,13 +76,20 @@ func (s *scope) serveInbound(l net.Listener) error {
 }
 
 // serverCertificate presents the identity of the workload the client is connecting to:
-// the connection's original destination (its local address when captured in the pod).
-func (p *Proxy) serverCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+// the connection's original destination (its local address when captured in the pod). In
+// a pod's scope it first waits, up to sourceWait, for the state to hold that workload (a
+// peer may connect as soon as the pod is enrolled; see awaitLocal).
+func (s *scope) serverCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	p := s.p
 	dst, err := socket.OriginalDestination(hello.Conn)
 	if err != nil {
 		return nil, fmt.Errorf("choosing server certificate: %w", err)
 	}
-	w, ok := p.opts.State().WorkloadByIP(dst.Addr())
+	snap := p.opts.State()
+	if s.self != nil {
+		snap = awaitLocal(hello.Context(), snap, p.opts.Node, dst.Addr().Unmap(), sourceWait)
+	}
+	w, ok := snap.WorkloadByIP(dst.Addr())
 	if !ok || w.GetNode() != p.opts.Node {
 		return nil, fmt.Errorf("choosing server certificate: %s is not a workload on node %s", dst.Addr(), p.opts.Node)
 	}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"net"
 	"net/http"
 
@@ -27,7 +28,11 @@ func (s *scope) handlePlaintext(c net.Conn, listenerPort uint16) {
 		return
 	}
 	src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
-	d := decideInbound(p.opts.State(), p.opts.Node, inboundRequest{Target: dst, Local: dst.Addr(), SourceIP: src.Addr()}, p.opts.Authorizer)
+	snap := p.opts.State()
+	if s.self != nil { // in a pod: its workload may not be known yet (awaitLocal)
+		snap = awaitLocal(context.Background(), snap, p.opts.Node, dst.Addr().Unmap(), sourceWait)
+	}
+	d := decideInbound(snap, p.opts.Node, inboundRequest{Target: dst, Local: dst.Addr(), SourceIP: src.Addr()}, p.opts.Authorizer)
 	if d.Status != http.StatusOK {
 		s.log.Debug("inbound plaintext refused", "src", src, "dst", dst, "reason", d.Reason)
 		return
