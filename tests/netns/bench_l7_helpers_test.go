@@ -365,17 +365,8 @@ func procCPUSeconds(t testing.TB, pid int) float64 {
 
 // procRSSBytes is process pid's resident set (VmRSS), 0 if it is gone.
 func procRSSBytes(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			return kb * 1024
-		}
-	}
-	return 0
+	kb, _ := procStatus(pid, "VmRSS")
+	return kb * 1024
 }
 
 // rssSampler records the largest VmRSS of some processes, sampled every 200 ms until stop.
