@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 
+	"github.com/ambient-lite/ambient-lite/cni/internal/redirect"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -65,6 +66,21 @@ func netnsHolds(path string, ips []netip.Addr) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// pinnedNetns returns the path of the network namespace of the pod uid: the one its pinned
+// redirection is attached to (exact, when the agent pinned one for uid), else the one in dir
+// holding ips (findNetns; "" without ips).
+func pinnedNetns(dir, pinDir string, ips []netip.Addr) (string, error) {
+	if ino, err := redirect.NetnsInode(pinDir); err == nil {
+		if path := findNetnsByInode(dir, ino); path != "" {
+			return path, nil
+		}
+	}
+	if len(ips) == 0 {
+		return "", nil
+	}
+	return findNetns(dir, ips)
 }
 
 // findNetnsByInode returns the path of the network namespace file in dir whose inode is

@@ -201,7 +201,9 @@ func (a *Agent) recover() ([]zds.Workload, error) {
 			continue
 		}
 		ips := podIPs(p)
-		netns, err := findNetns(a.opts.NetnsDir, ips)
+		// The netns its pinned redirection is attached to, if any: exact where a lookup by
+		// IP could find none (yet) or two (a stale namespace holding a reused IP).
+		netns, err := pinnedNetns(a.opts.NetnsDir, a.pinDir(string(p.UID)), ips)
 		if err != nil || netns == "" {
 			a.log.Warn("enrolled pod without a network namespace (yet)", "pod", p.Namespace+"/"+p.Name, "err", err)
 			continue
@@ -230,10 +232,11 @@ func (a *Agent) recover() ([]zds.Workload, error) {
 		if _, ok := a.enrolled[uid]; ok {
 			continue
 		}
-		netns := ""
+		var ips []netip.Addr
 		if p := byUID[uid]; p != nil {
-			netns, _ = findNetns(a.opts.NetnsDir, podIPs(p))
+			ips = podIPs(p)
 		}
+		netns, _ := pinnedNetns(a.opts.NetnsDir, a.pinDir(uid), ips)
 		if err := redirect.Remove(netns, a.pinDir(uid)); err != nil {
 			a.log.Error("removing an orphaned redirection", "uid", uid, "err", err)
 			continue

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"slices"
 
@@ -58,13 +59,11 @@ func (a *Agent) Uninstall(ctx context.Context) error {
 		pods, _ = a.pods.List(labels.Everything())
 	}
 	for _, uid := range pinned {
-		netns := ""
-		if ino, err := redirect.NetnsInode(a.pinDir(uid)); err == nil {
-			netns = findNetnsByInode(a.opts.NetnsDir, ino)
+		var ips []netip.Addr
+		if i := slices.IndexFunc(pods, func(p *corev1.Pod) bool { return string(p.UID) == uid }); i >= 0 {
+			ips = podIPs(pods[i])
 		}
-		if i := slices.IndexFunc(pods, func(p *corev1.Pod) bool { return string(p.UID) == uid }); netns == "" && i >= 0 {
-			netns, _ = findNetns(a.opts.NetnsDir, podIPs(pods[i]))
-		}
+		netns, _ := pinnedNetns(a.opts.NetnsDir, a.pinDir(uid), ips)
 		if err := redirect.Remove(netns, a.pinDir(uid)); err != nil {
 			errs = append(errs, fmt.Errorf("removing the redirection pinned for uid %s: %w", uid, err))
 			continue
