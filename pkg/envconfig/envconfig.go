@@ -108,3 +108,17 @@ func (r *Reader) LogLevel(name, def string) string {
 	}
 	return v
 }
+
+// Count parses name as a positive integer; unset is def.
+func (r *Reader) Count(name string, def int) int {
+	v := r.String(name, "")
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		r.Fail(fmt.Errorf("%s=%q: want a positive integer", name, v))
+		return def
+	}
+	return n
+}

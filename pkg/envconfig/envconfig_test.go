@@ -64,3 +64,33 @@ func TestReader(t *testing.T) {
 		}
 	}
 }
+
+func TestWorkers(t *testing.T) {
+	for _, tt := range []struct{ configured, available, want int }{
+		{0, 1, 1}, {0, 2, 1}, {0, 3, 1}, {0, 4, 2}, {0, 64, 2}, // half, at least 1, at most 2
+		{3, 2, 3}, {1, 64, 1}, // configured rules
+	} {
+		if got := Workers(tt.configured, tt.available); got != tt.want {
+			t.Errorf("Workers(%d, %d) = %d, want %d", tt.configured, tt.available, got, tt.want)
+		}
+	}
+}
+
+func TestCount(t *testing.T) {
+	vals := map[string]string{"N": "4", "ZERO": "0", "WORD": "four"}
+	r := New(func(k string) string { return vals[k] })
+	if got := r.Count("N", 1); got != 4 {
+		t.Errorf("Count(N) = %d, want 4", got)
+	}
+	if got := r.Count("UNSET", 7); got != 7 {
+		t.Errorf("Count(UNSET) = %d, want the default 7", got)
+	}
+	if r.Err() != nil {
+		t.Fatal(r.Err())
+	}
+	r.Count("ZERO", 1)
+	r.Count("WORD", 1)
+	if err := r.Err(); err == nil || !strings.Contains(err.Error(), "ZERO") || !strings.Contains(err.Error(), "WORD") {
+		t.Errorf("errors %v, want both ZERO and WORD named", err)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/ambient-lite/ambient-lite/pkg/envconfig"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/app"
 	"github.com/ambient-lite/ambient-lite/ztunnel/internal/config"
 )
@@ -25,6 +26,8 @@ func main() {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(cfg.LogLevel))
 	log := newLogger(os.Stderr, level)
+	workers := envconfig.ApplyWorkers(os.Getenv, cfg.WorkerThreads)
+	log.Info("starting", "workerThreads", workers)
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	if err := app.Run(ctx, cfg, log); err != nil {

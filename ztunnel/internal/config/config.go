@@ -44,6 +44,9 @@ const (
 	EnvInPodEnabled = "INPOD_ENABLED"
 	// EnvZDSPath is the node agent's ZDS socket (unix SOCK_SEQPACKET), used in in-pod mode.
 	EnvZDSPath = "ZDS_PATH"
+	// EnvWorkerThreads (Rust ztunnel's name) is how many Ps ztunnel runs on; unset:
+	// envconfig.Workers' default.
+	EnvWorkerThreads = envconfig.EnvWorkerThreads
 )
 
 // DefaultZDSPath is where Istio's CNI node agent serves ZDS (pkg/zds.DefaultPath).
@@ -75,6 +78,8 @@ type Config struct {
 	// are bound in each pod's network namespace instead.
 	InPod   bool
 	ZDSPath string
+	// WorkerThreads is ZTUNNEL_WORKER_THREADS, 0 when unset (envconfig.Workers decides).
+	WorkerThreads int
 }
 
 // FromEnv parses the configuration from getenv.
@@ -106,6 +111,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		LogLevel:      r.LogLevel(EnvLogLevel, "info"),
 		InPod:         boolean(EnvInPodEnabled, false),
 		ZDSPath:       str(EnvZDSPath, DefaultZDSPath),
+		WorkerThreads: r.Count(EnvWorkerThreads, 0),
 	}
 	if c.NodeName == "" {
 		r.Fail(fmt.Errorf("%s is required: ztunnel serves the workloads of its node", EnvNodeName))

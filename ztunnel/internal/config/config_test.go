@@ -17,6 +17,12 @@ func TestFromEnv(t *testing.T) {
 		c.Stats.Port() != 15020 || c.Admin.String() != "127.0.0.1:15000" || c.Drain != 30*time.Second || c.CertTTL != 24*time.Hour {
 		t.Errorf("defaults: %+v", c)
 	}
+	if c.WorkerThreads != 0 {
+		t.Errorf("WorkerThreads = %d unset, want 0 (the default policy)", c.WorkerThreads)
+	}
+	if c, err := FromEnv(env(map[string]string{EnvNodeName: "n", EnvWorkerThreads: "3"})); err != nil || c.WorkerThreads != 3 {
+		t.Errorf("%s=3: WorkerThreads %d, %v", EnvWorkerThreads, c.WorkerThreads, err)
+	}
 	if c.InPod || c.ZDSPath != "/var/run/ztunnel/ztunnel.sock" {
 		t.Errorf("in-pod defaults: InPod=%v ZDSPath=%q; want false and the node agent's socket", c.InPod, c.ZDSPath)
 	}
@@ -32,6 +38,8 @@ func TestFromEnv(t *testing.T) {
 		"bad td":       {map[string]string{EnvLocalXDSPath: "f", EnvNodeName: "n", EnvTrustDomain: "A B"}, EnvTrustDomain},
 		"bad inpod":    {map[string]string{EnvLocalXDSPath: "f", EnvNodeName: "n", EnvInPodEnabled: "yes please"}, EnvInPodEnabled},
 		"relative zds": {map[string]string{EnvLocalXDSPath: "f", EnvNodeName: "n", EnvInPodEnabled: "true", EnvZDSPath: "ztunnel.sock"}, EnvZDSPath},
+		"zero workers": {map[string]string{EnvLocalXDSPath: "f", EnvNodeName: "n", EnvWorkerThreads: "0"}, EnvWorkerThreads},
+		"workers %":    {map[string]string{EnvLocalXDSPath: "f", EnvNodeName: "n", EnvWorkerThreads: "50%"}, EnvWorkerThreads},
 	} {
 		if _, err := FromEnv(env(tt.env)); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: err = %v, want it to name %s", name, err, tt.want)
