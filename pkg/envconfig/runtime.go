@@ -19,13 +19,16 @@ const DataPlaneGODEBUG = "schedtrace=2147483647"
 // number of Ps (GOMAXPROCS) a data-plane process runs its goroutines on.
 const EnvWorkerThreads = "ZTUNNEL_WORKER_THREADS"
 
-// Workers is the number of Ps a data-plane process runs with: configured when positive;
+// Workers is the number of Ps a data-plane process (ztunnel: ZTUNNEL_WORKER_THREADS, the
+// waypoint: WORKER_THREADS) runs with: configured when positive;
 // otherwise half of available (what GOMAXPROCS would be by default: the CPUs of the
 // process's cgroup limit or affinity), at least 1 and at most 2, Rust ztunnel's default
 // worker count. A node proxy shares its node with the workloads it serves: on a 2-CPU node
 // it takes one. Measured on 2 shared cores (make bench-l4, 4 runs each): ztunnels with 1 P
 // against 2: iperf3 5.8 against 4.4 Gb/s, 0.070 against 0.088 vCPU per 1k rps, 1 MiB less
-// RSS; the scheduler's spinning and hand-offs between threads are what 2 Ps add there.
+// RSS; the waypoint with 1 P against 2 (make bench-l7): 0.102 against 0.143 vCPU per 1k
+// rps, and 1.00-1.30x against 0.85-0.97x caddy's rps over 8 connections. The scheduler's
+// spinning and hand-offs between threads are what 2 Ps add there.
 func Workers(configured, available int) int {
 	if configured > 0 {
 		return configured

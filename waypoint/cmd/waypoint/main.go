@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/ambient-lite/ambient-lite/pkg/envconfig"
 	"github.com/ambient-lite/ambient-lite/waypoint/internal/accesslog"
 	"github.com/ambient-lite/ambient-lite/waypoint/internal/app"
 	"github.com/ambient-lite/ambient-lite/waypoint/internal/config"
@@ -26,6 +27,7 @@ func main() {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(cfg.LogLevel))
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("binary", "waypoint")
+	log.Info("starting", "workerThreads", envconfig.ApplyWorkers(os.Getenv, cfg.WorkerThreads))
 	var access *slog.Logger
 	var accessBuf *accesslog.Buffer
 	if cfg.AccessLog {

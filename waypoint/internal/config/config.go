@@ -33,6 +33,9 @@ const (
 	EnvStatsAddr      = "STATS_ADDR"     // :15020
 	EnvLogLevel       = "LOG_LEVEL"
 	EnvAccessLog      = "ACCESS_LOG" // "true" (default) writes one line per request to stdout
+	// EnvWorkerThreads is how many Ps the waypoint runs on; unset: envconfig.Workers'
+	// default (half the CPUs of its limit or node, 1 to 2).
+	EnvWorkerThreads = "WORKER_THREADS"
 )
 
 // Config is the waypoint's validated configuration.
@@ -51,6 +54,8 @@ type Config struct {
 	Stats                   netip.AddrPort
 	LogLevel                string
 	AccessLog               bool
+	// WorkerThreads is WORKER_THREADS, 0 when unset (envconfig.Workers decides).
+	WorkerThreads int
 }
 
 // GatewayKey is the name of the Gateway's own route configuration.
@@ -90,6 +95,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		c.Identity = id
 	}
 	c.AccessLog = r.Bool(EnvAccessLog, true)
+	c.WorkerThreads = r.Count(EnvWorkerThreads, 0)
 	if c.CertTTL <= 0 || c.Drain < 0 {
 		r.Fail(fmt.Errorf("%s must be positive and %s not negative", EnvCertTTL, EnvDrainDuration))
 	}

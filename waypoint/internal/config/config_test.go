@@ -23,9 +23,12 @@ func TestFromEnv(t *testing.T) {
 		t.Errorf("defaults: %+v", c)
 	}
 	m := base()
-	m[EnvServiceAccount], m[EnvTrustDomain], m[EnvDrainDuration] = "wp-sa", "example.org", "30"
+	if c.WorkerThreads != 0 {
+		t.Errorf("WorkerThreads = %d unset, want 0 (the default policy)", c.WorkerThreads)
+	}
+	m[EnvServiceAccount], m[EnvTrustDomain], m[EnvDrainDuration], m[EnvWorkerThreads] = "wp-sa", "example.org", "30", "4"
 	c, err = FromEnv(env(m))
-	if err != nil || c.Identity.String() != "spiffe://example.org/ns/ns1/sa/wp-sa" || c.Drain != 30*time.Second {
+	if err != nil || c.Identity.String() != "spiffe://example.org/ns/ns1/sa/wp-sa" || c.Drain != 30*time.Second || c.WorkerThreads != 4 {
 		t.Errorf("got %v %v", c.Identity, err)
 	}
 }
@@ -42,6 +45,7 @@ func TestFromEnvErrors(t *testing.T) {
 		{"bad level", EnvLogLevel, "loud", "LOG_LEVEL"},
 		{"bad trust domain", EnvTrustDomain, "Bad Domain", "TRUST_DOMAIN"},
 		{"bad access log", EnvAccessLog, "yes", "ACCESS_LOG"},
+		{"zero workers", EnvWorkerThreads, "0", "WORKER_THREADS"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
