@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/ambient-lite/ambient-lite/tests/gobuild"
 )
 
 // Registry and Tag name every image of the catalog: Registry/<name>:Tag. Nothing is pulled
@@ -197,7 +199,8 @@ func (b *Builder) goBuild(ctx context.Context, bins []string) error {
 		}
 	}
 	sort.Strings(pkgs)
-	args := append([]string{"build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(b.OutDir, "bin") + "/"}, pkgs...)
+	args := append(append([]string{"build"}, gobuild.Flags...), "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(b.OutDir, "bin")+"/")
+	args = append(args, pkgs...)
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = b.RepoRoot
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-buildvcs=false")

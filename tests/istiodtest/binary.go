@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/ambient-lite/ambient-lite/pkg/testenv"
+	"github.com/ambient-lite/ambient-lite/tests/gobuild"
 )
 
 var binaries struct {
@@ -37,7 +38,7 @@ func Binary(t testing.TB, pkg string) string {
 		if rerr != nil {
 			t.Fatal(rerr)
 		}
-		cmd := exec.Command("go", "build", "-o", out, "./"+pkg)
+		cmd := exec.Command("go", append(append([]string{"build"}, gobuild.Flags...), "-o", out, "./"+pkg)...)
 		cmd.Dir = root
 		if b, cerr := cmd.CombinedOutput(); cerr != nil {
 			err = fmt.Errorf("building %s: %v\n%s", pkg, cerr, b)

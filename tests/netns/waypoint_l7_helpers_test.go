@@ -38,6 +38,7 @@ import (
 	"github.com/ambient-lite/ambient-lite/pkg/testenv"
 	"github.com/ambient-lite/ambient-lite/pkg/xds"
 	"github.com/ambient-lite/ambient-lite/tests/cluster"
+	"github.com/ambient-lite/ambient-lite/tests/gobuild"
 	"github.com/ambient-lite/ambient-lite/tests/testca"
 )
 
@@ -265,7 +266,7 @@ func (b *buildOnce) build(t testing.TB, name string, args ...string) string {
 			return
 		}
 		b.path = filepath.Join(binDir, name)
-		cmd := exec.Command("go", append([]string{"build", "-o", b.path}, args...)...)
+		cmd := exec.Command("go", append(append(append([]string{"build"}, gobuild.Flags...), "-o", b.path), args...)...)
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			b.err = fmt.Errorf("building %s: %v\n%s", name, err, out)

@@ -20,6 +20,7 @@ import (
 	"github.com/ambient-lite/ambient-lite/pkg/envconfig"
 	"github.com/ambient-lite/ambient-lite/pkg/testenv"
 	"github.com/ambient-lite/ambient-lite/tests/cluster"
+	"github.com/ambient-lite/ambient-lite/tests/gobuild"
 	"github.com/ambient-lite/ambient-lite/tests/testca"
 )
 
@@ -374,7 +375,7 @@ func buildZtunnel(t testing.TB) string {
 			return
 		}
 		ztunnelBin.path = filepath.Join(binDir, "ztunnel")
-		cmd := exec.Command("go", "build", "-o", ztunnelBin.path, "./ztunnel/cmd/ztunnel")
+		cmd := exec.Command("go", append(append([]string{"build"}, gobuild.Flags...), "-o", ztunnelBin.path, "./ztunnel/cmd/ztunnel")...)
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			ztunnelBin.err = fmt.Errorf("building ztunnel: %v\n%s", err, out)
