@@ -179,9 +179,7 @@ func (d *demo) failureLogs() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	_ = os.RemoveAll(d.logDir)
-	quiet := *d.k
-	quiet.Echo = nil
-	files := quiet.CollectLogs(ctx, d.logDir, mesh.SystemNamespace, ns)
+	files := d.quiet().CollectLogs(ctx, d.logDir, mesh.SystemNamespace, ns)
 	fmt.Fprintf(d.out, "\nLogs:\n")
 	if len(files) > 0 {
 		fmt.Fprintf(d.out, "  pods of %s and %s (kubectl logs, get pods,events): %s/\n", mesh.SystemNamespace, ns, d.logDir)
@@ -317,10 +315,8 @@ func (d *demo) appOutsideMesh(ctx context.Context) error {
 		return err
 	}
 	// kube-proxy programs a new Service a moment after its pods are Ready.
-	quiet := *d.k
-	quiet.Echo = nil
 	if err := until(ctx, 30*time.Second, func() (bool, error) {
-		out, err := quiet.Exec(ctx, ns, "deploy/client", "client", "--count=1", "--timeout=3s", "http://echo/")
+		out, err := d.tryEcho(ctx)
 		return err == nil, fmt.Errorf("client -> echo: %s", strings.TrimSpace(out))
 	}); err != nil {
 		return err
@@ -397,6 +393,20 @@ func (d *demo) enroll(ctx context.Context) error {
 	}
 	d.say("same pods (uid, start time), no restart")
 	return nil
+}
+
+// quiet is the demo's Kube without echoing the commands it runs, for retries and log
+// collection.
+func (d *demo) quiet() *mesh.Kube {
+	q := *d.k
+	q.Echo = nil
+	return &q
+}
+
+// tryEcho is one request client -> echo, not echoed (the demo shows the one that counts):
+// `kubectl exec deploy/client -- client --count=1 --timeout=3s http://echo/`.
+func (d *demo) tryEcho(ctx context.Context) (string, error) {
+	return d.quiet().Exec(ctx, ns, "deploy/client", "client", "--count=1", "--timeout=3s", "http://echo/")
 }
 
 // connKey names one counter of istio_tcp_connections_opened_total in the demo's output.
@@ -503,12 +513,10 @@ func (d *demo) policy(ctx context.Context) error {
 	if err := d.shown(d.k.Apply(ctx, ns, denyPolicy)); err != nil {
 		return err
 	}
-	quiet := *d.k
-	quiet.Echo = nil
 	var last string
 	start := time.Now()
 	err := until(ctx, 30*time.Second, func() (bool, error) {
-		out, err := quiet.Exec(ctx, ns, "deploy/client", "client", "--count=1", "--timeout=3s", "http://echo/")
+		out, err := d.tryEcho(ctx)
 		last = out
 		return err != nil, fmt.Errorf("the client still gets through: %s", strings.TrimSpace(out))
 	})
@@ -528,7 +536,7 @@ func (d *demo) policy(ctx context.Context) error {
 	}
 	start = time.Now()
 	err = until(ctx, 30*time.Second, func() (bool, error) {
-		out, err := quiet.Exec(ctx, ns, "deploy/client", "client", "--count=1", "--timeout=3s", "http://echo/")
+		out, err := d.tryEcho(ctx)
 		last = out
 		return err == nil && mesh.ParseEcho(out).Codes["200"] == 1, fmt.Errorf("the client is still refused: %s", strings.TrimSpace(out))
 	})
@@ -596,10 +604,8 @@ func (d *demo) waypoint(ctx context.Context) error {
 		return err
 	}
 	// The waypoint adds an X-Request-Id to what it forwards; the client sends none.
-	quiet := *d.k
-	quiet.Echo = nil
 	err := until(ctx, 60*time.Second, func() (bool, error) {
-		out, err := quiet.Exec(ctx, ns, "deploy/client", "client", "--count=1", "--timeout=3s", "http://echo/")
+		out, err := d.tryEcho(ctx)
 		return err == nil && strings.Contains(out, "RequestHeader=X-Request-Id:"), fmt.Errorf("requests to echo do not pass the waypoint yet: %s", strings.TrimSpace(out))
 	})
 	if err != nil {

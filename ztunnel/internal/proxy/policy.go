@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 
 	"github.com/ambient-lite/ambient-lite/pkg/authz"
@@ -71,17 +72,22 @@ func (a *PolicyAuthorizer) Watch(c Conn, closeConn func() error) (forget func())
 	}
 }
 
-// Reauthorize evaluates every watched connection against the current policies, its
-// destination workload as snap has it now (its policy list may have changed with the
-// policies), and closes those now denied. It returns how many it closed.
-func (a *PolicyAuthorizer) Reauthorize(snap *meshstate.Snapshot) int {
+// Reauthorize evaluates watched connections against the current policies and their
+// destination workload as snap has it now, and closes those now denied. It returns how many
+// it closed. With policiesChanged false only the connections whose destination's policy
+// list changed are evaluated: nothing else a decision reads can have changed (a state
+// change is usually an endpoint coming or going elsewhere).
+func (a *PolicyAuthorizer) Reauthorize(snap *meshstate.Snapshot, policiesChanged bool) int {
 	a.mu.Lock()
 	var denied []*watched
 	for w := range a.conns {
-		c := w.c
-		if cur, ok := snap.Workload(c.Dest.GetUid()); ok {
-			c.Dest = cur
+		cur, ok := snap.Workload(w.c.Dest.GetUid())
+		if ok && !slices.Equal(cur.GetAuthorizationPolicies(), w.c.Dest.GetAuthorizationPolicies()) {
+			w.c.Dest = cur
+		} else if !policiesChanged {
+			continue
 		}
+		c := w.c
 		if err := a.Authorize(c); err != nil {
 			denied = append(denied, w)
 			delete(a.conns, w)
@@ -102,7 +108,7 @@ func (a *PolicyAuthorizer) Reauthorize(snap *meshstate.Snapshot) int {
 // returns a channel closed at the next change) or the state does (a workload's policy list
 // is part of its state), until ctx ends.
 func (a *PolicyAuthorizer) Run(ctx context.Context, policiesChanged func() <-chan struct{}, state func() *meshstate.Snapshot) error {
-	snap, pc := state(), policiesChanged()
+	snap, pc, last := state(), policiesChanged(), a.Policies()
 	for {
 		select {
 		case <-ctx.Done():
@@ -111,7 +117,9 @@ func (a *PolicyAuthorizer) Run(ctx context.Context, policiesChanged func() <-cha
 		case <-snap.Replaced():
 		}
 		pc, snap = policiesChanged(), snap.Latest() // before evaluating: a change during it is not missed
-		a.Reauthorize(snap)
+		cur := a.Policies()
+		a.Reauthorize(snap, cur != last)
+		last = cur
 	}
 }
 

@@ -110,3 +110,52 @@ func TestPolicyWatcher(t *testing.T) {
 		t.Errorf("closed %d times", n)
 	}
 }
+
+// TestReauthorizeEvaluatesWhatChanged: a state change re-evaluates only connections whose
+// destination's policy list changed (an unrelated endpoint costs no evaluation), and one
+// that attaches an already known denying policy closes the connection; a policy change
+// re-evaluates every connection.
+func TestReauthorizeEvaluatesWhatChanged(t *testing.T) {
+	store := meshstate.NewStore("cluster.local")
+	echo := func(uid, ip string, policies ...string) []*workloadapi.Address {
+		return []*workloadapi.Address{{Type: &workloadapi.Address_Workload{Workload: &workloadapi.Workload{
+			Uid: uid, Name: uid, Namespace: "default", ServiceAccount: "echo", Node: "node-b",
+			Addresses: [][]byte{netip.MustParseAddr(ip).AsSlice()}, TunnelProtocol: workloadapi.TunnelProtocol_HBONE,
+			AuthorizationPolicies: policies,
+		}}}}
+	}
+	if err := store.Apply(echo("echo-1", "10.10.2.2"), nil); err != nil {
+		t.Fatal(err)
+	}
+	deny, err := authz.New([]*security.Authorization{{Name: "deny", Namespace: "default", Scope: security.Scope_WORKLOAD_SELECTOR, Action: security.Action_DENY,
+		Groups: []*security.Group{{Rules: []*security.Rules{{Matches: []*security.Match{{Principals: []*security.StringMatch{
+			{MatchType: &security.StringMatch_Exact{Exact: "cluster.local/ns/default/sa/sleep"}}}}}}}}}}}, authz.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var evaluations int
+	a := &PolicyAuthorizer{Policies: func() *authz.Policies { evaluations++; return deny }}
+	sleep, err := identity.New("cluster.local", "default", "sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, _ := store.Snapshot().Workload("echo-1")
+	closed := 0
+	a.Watch(Conn{Source: sleep, Dest: w, DestIP: netip.MustParseAddr("10.10.2.2"), DestPort: 9090}, func() error { closed++; return nil })
+
+	if err := store.Apply(echo("echo-2", "10.10.2.3"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := a.Reauthorize(store.Snapshot(), false); n != 0 || evaluations != 0 {
+		t.Errorf("an unrelated endpoint: closed %d, %d evaluations; want 0 and 0", n, evaluations)
+	}
+	if n := a.Reauthorize(store.Snapshot(), true); n != 0 || evaluations != 1 {
+		t.Errorf("a policy change (not attached to the destination): closed %d, %d evaluations; want 0 and 1", n, evaluations)
+	}
+	if err := store.Apply(echo("echo-1", "10.10.2.2", "default/deny"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := a.Reauthorize(store.Snapshot(), false); n != 1 || closed != 1 {
+		t.Errorf("the destination now naming the denying policy: closed %d (callback %d), want 1", n, closed)
+	}
+}
