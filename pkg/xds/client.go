@@ -4,16 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/ambient-lite/ambient-lite/pkg/reconnect"
 	"log/slog"
 	"maps"
 	"slices"
 	"sync"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"github.com/ambient-lite/ambient-lite/pkg/reconnect"
+
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 )
@@ -36,7 +34,7 @@ type ClientOptions struct {
 	// business). Required.
 	Conn grpc.ClientConnInterface
 	// Node is sent in the first request of every stream. If nil, no node is sent.
-	Node *corev3.Node
+	Node *Node
 	// Handler applies responses. Required.
 	Handler Handler
 	// Logger receives stream errors. If nil, slog.Default() is used.
@@ -46,6 +44,11 @@ type ClientOptions struct {
 	// DefaultMinBackoff and DefaultMaxBackoff.
 	MinBackoff, MaxBackoff time.Duration
 }
+
+// The delta ADS method, called without generated stubs (see wire.go).
+var deltaADS = grpc.StreamDesc{StreamName: "DeltaAggregatedResources", ServerStreams: true, ClientStreams: true}
+
+const deltaADSMethod = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
 
 // Client is a delta ADS client: it keeps one stream open (reconnecting with backoff),
 // subscribes to type URLs, and hands responses to the Handler.
@@ -59,7 +62,7 @@ type Client struct {
 
 	mu     sync.Mutex
 	types  map[string]*clientType
-	stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
+	stream grpc.ClientStream
 }
 
 type clientType struct {
@@ -90,12 +93,12 @@ func NewClient(opts ClientOptions) (*Client, error) {
 
 // Watch subscribes to every resource of typeURL (a wildcard subscription).
 func (c *Client) Watch(typeURL string) {
-	c.update(typeURL, func(t *clientType, first bool) *discoveryv3.DeltaDiscoveryRequest {
+	c.update(typeURL, func(t *clientType, first bool) *deltaRequest {
 		if t.wildcard && !first {
 			return nil
 		}
 		t.wildcard = true
-		return &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typeURL, ResourceNamesSubscribe: []string{Wildcard}}
+		return &deltaRequest{typeURL: typeURL, subscribe: []string{Wildcard}}
 	})
 }
 
@@ -103,7 +106,7 @@ func (c *Client) Watch(typeURL string) {
 // it registers typeURL with an empty subscription, to be filled by later calls. It sends
 // at once when connected and may block while the server is not reading.
 func (c *Client) Subscribe(typeURL string, names ...string) {
-	c.update(typeURL, func(t *clientType, first bool) *discoveryv3.DeltaDiscoveryRequest {
+	c.update(typeURL, func(t *clientType, first bool) *deltaRequest {
 		var add []string
 		for _, n := range names {
 			if _, ok := t.names[n]; !ok && n != Wildcard {
@@ -117,13 +120,13 @@ func (c *Client) Subscribe(typeURL string, names ...string) {
 		if len(add) == 0 {
 			return nil
 		}
-		return &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typeURL, ResourceNamesSubscribe: add}
+		return &deltaRequest{typeURL: typeURL, subscribe: add}
 	})
 }
 
 // Unsubscribe removes explicit subscriptions to names of typeURL.
 func (c *Client) Unsubscribe(typeURL string, names ...string) {
-	c.update(typeURL, func(t *clientType, first bool) *discoveryv3.DeltaDiscoveryRequest {
+	c.update(typeURL, func(t *clientType, first bool) *deltaRequest {
 		var del []string
 		for _, n := range names {
 			if _, ok := t.names[n]; ok {
@@ -137,7 +140,7 @@ func (c *Client) Unsubscribe(typeURL string, names ...string) {
 		if len(del) == 0 {
 			return nil
 		}
-		return &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typeURL, ResourceNamesUnsubscribe: del}
+		return &deltaRequest{typeURL: typeURL, unsubscribe: del}
 	})
 }
 
@@ -152,7 +155,7 @@ func (c *Client) Versions(typeURL string) map[string]string {
 }
 
 // update changes one type's subscription and sends the request change returns, if any.
-func (c *Client) update(typeURL string, change func(t *clientType, first bool) *discoveryv3.DeltaDiscoveryRequest) {
+func (c *Client) update(typeURL string, change func(t *clientType, first bool) *deltaRequest) {
 	c.mu.Lock()
 	t, ok := c.types[typeURL]
 	if !ok {
@@ -168,16 +171,16 @@ func (c *Client) update(typeURL string, change func(t *clientType, first bool) *
 	if !ok {
 		// The stream was opened before this type existed: this is its first request.
 		req = c.initial(typeURL)
-		req.Node = c.opts.Node
+		req.node = c.opts.Node
 	}
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
-	if err := st.Send(req); err != nil {
+	if err := st.SendMsg(req); err != nil {
 		c.log.Debug("xds subscribe not sent; it will be on reconnect", "type", typeURL, "err", err)
 	}
 }
 
-func (c *Client) initial(typeURL string) *discoveryv3.DeltaDiscoveryRequest {
+func (c *Client) initial(typeURL string) *deltaRequest {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return initialRequest(typeURL, c.types[typeURL])
@@ -186,18 +189,18 @@ func (c *Client) initial(typeURL string) *discoveryv3.DeltaDiscoveryRequest {
 // initialRequest is a type's first request on a stream: its whole subscription and what
 // the client has. An empty explicit subscription is sent as subscribe and unsubscribe of
 // "*", which means "nothing yet" (as ztunnel's on-demand mode does).
-func initialRequest(typeURL string, t *clientType) *discoveryv3.DeltaDiscoveryRequest {
-	req := &discoveryv3.DeltaDiscoveryRequest{
-		TypeUrl:                 typeURL,
-		ResourceNamesSubscribe:  slices.Sorted(maps.Keys(t.names)),
-		InitialResourceVersions: maps.Clone(t.have),
+func initialRequest(typeURL string, t *clientType) *deltaRequest {
+	req := &deltaRequest{
+		typeURL:   typeURL,
+		subscribe: slices.Sorted(maps.Keys(t.names)),
+		initial:   maps.Clone(t.have),
 	}
 	switch {
 	case t.wildcard:
-		req.ResourceNamesSubscribe = append([]string{Wildcard}, req.ResourceNamesSubscribe...)
-	case len(req.ResourceNamesSubscribe) == 0:
-		req.ResourceNamesSubscribe = []string{Wildcard}
-		req.ResourceNamesUnsubscribe = []string{Wildcard}
+		req.subscribe = append([]string{Wildcard}, req.subscribe...)
+	case len(req.subscribe) == 0:
+		req.subscribe = []string{Wildcard}
+		req.unsubscribe = []string{Wildcard}
 	}
 	return req
 }
@@ -225,7 +228,7 @@ func (c *Client) Close() error {
 func (c *Client) runStream(ctx context.Context) (delivered bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(c.opts.Conn).DeltaAggregatedResources(ctx)
+	st, err := c.opts.Conn.NewStream(ctx, &deltaADS, deltaADSMethod, grpc.ForceCodec(codec{}))
 	if err != nil {
 		return false, fmt.Errorf("opening delta ADS stream: %w", err)
 	}
@@ -237,47 +240,44 @@ func (c *Client) runStream(ctx context.Context) (delivered bool, err error) {
 	c.sendMu.Lock()
 	c.mu.Lock()
 	c.stream = st
-	var reqs []*discoveryv3.DeltaDiscoveryRequest
+	var reqs []*deltaRequest
 	for _, typeURL := range slices.Sorted(maps.Keys(c.types)) {
 		reqs = append(reqs, initialRequest(typeURL, c.types[typeURL]))
 	}
 	c.mu.Unlock()
 	// With no types yet, the first Subscribe or Watch sends the first request.
 	for _, r := range reqs {
-		r.Node = c.opts.Node
-		if err := st.Send(r); err != nil {
+		r.node = c.opts.Node
+		if err := st.SendMsg(r); err != nil {
 			c.sendMu.Unlock()
-			return false, fmt.Errorf("sending initial request for %s: %w", r.GetTypeUrl(), err)
+			return false, fmt.Errorf("sending initial request for %s: %w", r.typeURL, err)
 		}
 	}
 	c.sendMu.Unlock()
 	for {
-		resp, err := st.Recv()
-		if err != nil {
+		resp := &deltaResponse{}
+		if err := st.RecvMsg(resp); err != nil {
 			return delivered, fmt.Errorf("receiving delta ADS response: %w", err)
 		}
 		delivered = true
 		ack := c.apply(resp)
 		c.sendMu.Lock()
-		err = st.Send(ack)
+		err = st.SendMsg(ack)
 		c.sendMu.Unlock()
 		if err != nil {
-			return delivered, fmt.Errorf("sending ACK for %s: %w", resp.GetTypeUrl(), err)
+			return delivered, fmt.Errorf("sending ACK for %s: %w", resp.typeURL, err)
 		}
 	}
 }
 
 // apply hands a response to the Handler and returns its ACK or NACK.
-func (c *Client) apply(resp *discoveryv3.DeltaDiscoveryResponse) *discoveryv3.DeltaDiscoveryRequest {
-	typeURL := resp.GetTypeUrl()
-	ack := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typeURL, ResponseNonce: resp.GetNonce()}
-	upserts := make([]*Resource, 0, len(resp.GetResources()))
-	for _, r := range resp.GetResources() {
-		upserts = append(upserts, &Resource{Name: r.GetName(), Version: r.GetVersion(), Resource: r.GetResource()})
-	}
-	if err := c.opts.Handler(typeURL, upserts, resp.GetRemovedResources()); err != nil {
-		c.log.Warn("xds response rejected", "type", typeURL, "nonce", resp.GetNonce(), "err", err)
-		ack.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
+func (c *Client) apply(resp *deltaResponse) *deltaRequest {
+	typeURL := resp.typeURL
+	ack := &deltaRequest{typeURL: typeURL, responseNonce: resp.nonce}
+	upserts := resp.resources
+	if err := c.opts.Handler(typeURL, upserts, resp.removed); err != nil {
+		c.log.Warn("xds response rejected", "type", typeURL, "nonce", resp.nonce, "err", err)
+		ack.errorDetail = &rpcStatus{code: int32(codes.InvalidArgument), message: err.Error()}
 		return ack
 	}
 	c.mu.Lock()
@@ -289,7 +289,7 @@ func (c *Client) apply(resp *discoveryv3.DeltaDiscoveryResponse) *discoveryv3.De
 	for _, r := range upserts {
 		t.have[r.Name] = r.Version
 	}
-	for _, name := range resp.GetRemovedResources() {
+	for _, name := range resp.removed {
 		delete(t.have, name)
 	}
 	return ack

@@ -8,10 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ambient-lite/ambient-lite/pkg/xds"
-	"github.com/ambient-lite/ambient-lite/tests/cluster"
-	"github.com/ambient-lite/ambient-lite/tests/istiodtest"
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 	corev1 "k8s.io/api/core/v1"
@@ -21,22 +17,26 @@ import (
 	"k8s.io/utils/ptr"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
+
+	"github.com/ambient-lite/ambient-lite/pkg/xds"
+	"github.com/ambient-lite/ambient-lite/tests/cluster"
+	"github.com/ambient-lite/ambient-lite/tests/istiodtest"
 )
 
 const xdsRouteType = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 
 // waypointNode is the node a waypoint pod sends (waypoint/README.md, the contract).
-func waypointNode(t *testing.T, ns, pod, gateway string) *corev3.Node {
+func waypointNode(t *testing.T, ns, pod, gateway string) *xds.Node {
 	t.Helper()
 	meta, err := structpb.NewStruct(map[string]any{"NAME": pod, "NAMESPACE": ns, "GATEWAY_NAME": gateway, "INSTANCE_IPS": "10.244.9.9"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &corev3.Node{Id: fmt.Sprintf("waypoint~10.244.9.9~%s.%s~%s.svc.cluster.local", pod, ns, ns), Metadata: meta}
+	return &xds.Node{ID: fmt.Sprintf("waypoint~10.244.9.9~%s.%s~%s.svc.cluster.local", pod, ns, ns), Metadata: meta}
 }
 
 // startXDS runs an xDS client of m with token and node, watching typeURLs, until t ends.
-func startXDS(t *testing.T, m istiodtest.Mesh, token string, node *corev3.Node, typeURLs ...string) *xdsView {
+func startXDS(t *testing.T, m istiodtest.Mesh, token string, node *xds.Node, typeURLs ...string) *xdsView {
 	t.Helper()
 	view := &xdsView{res: map[string]map[string]*xds.Resource{}}
 	client, err := xds.NewClient(xds.ClientOptions{

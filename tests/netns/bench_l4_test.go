@@ -25,7 +25,7 @@ import (
 	"github.com/ambient-lite/ambient-lite/pkg/testenv"
 )
 
-var benchL4Profile = flag.String("bench-l4-profile", "", "write CPU profiles of both ztunnels during the mesh fortio run to this directory")
+var benchL4Profile = flag.String("bench-l4-profile", "", "write CPU and allocation profiles of both ztunnels during the mesh fortio run to this directory")
 
 // Ports of the three paths: direct (not captured), through two ztunnels (captured), and
 // through an stunnel mTLS pair on the nodes (not captured; the client dials node A's stunnel).
@@ -95,21 +95,36 @@ func BenchmarkL4(b *testing.B) {
 		var profiling sync.WaitGroup
 		if p.ztunnels && *benchL4Profile != "" {
 			for _, z := range []struct{ name, ns string }{{"ztunnel-a", m.nodeA}, {"ztunnel-b", m.nodeB}} {
-				profiling.Add(1)
-				go func() {
-					defer profiling.Done()
-					client := &http.Client{Transport: &http.Transport{DialContext: m.tp.DialContext(z.ns)}}
-					resp, err := client.Get("http://127.0.0.1:15000/debug/pprof/profile?seconds=8")
-					if err != nil {
-						t.Errorf("profiling %s: %v", z.name, err)
-						return
-					}
-					defer resp.Body.Close()
-					b, _ := io.ReadAll(resp.Body)
-					if err := os.WriteFile(filepath.Join(*benchL4Profile, z.name+".pprof"), b, 0o644); err != nil {
-						t.Error(err)
-					}
-				}()
+				if os.Getenv("BENCH_L4_STRACE") != "" {
+					profiling.Add(1)
+					go func() {
+						defer profiling.Done()
+						pid := m.ztunnelA.Process.Pid
+						if z.name == "ztunnel-b" {
+							pid = m.ztunnelB.Process.Pid
+						}
+						out, _ := exec.Command("perf", "record", "-F", "999", "-g", "-o", filepath.Join(*benchL4Profile, z.name+".perf"), "-p", strconv.Itoa(pid), "--", "sleep", "8").CombinedOutput()
+						os.WriteFile(filepath.Join(*benchL4Profile, z.name+".strace"), out, 0o644)
+					}()
+				}
+				// CPU, and the allocations made over the same 8 s (a delta profile).
+				for _, kind := range []struct{ path, file string }{{"profile", ".pprof"}, {"allocs", ".allocs.pprof"}} {
+					profiling.Add(1)
+					go func() {
+						defer profiling.Done()
+						client := &http.Client{Transport: &http.Transport{DialContext: m.tp.DialContext(z.ns)}}
+						resp, err := client.Get("http://127.0.0.1:15000/debug/pprof/" + kind.path + "?seconds=8")
+						if err != nil {
+							t.Errorf("profiling %s: %v", z.name, err)
+							return
+						}
+						defer resp.Body.Close()
+						b, _ := io.ReadAll(resp.Body)
+						if err := os.WriteFile(filepath.Join(*benchL4Profile, z.name+kind.file), b, 0o644); err != nil {
+							t.Error(err)
+						}
+					}()
+				}
 			}
 		}
 		r.p50, r.p90, r.p99, requests = m.fortio(t, fortio, p.fortio)

@@ -37,6 +37,7 @@ import (
 
 	"github.com/ambient-lite/ambient-lite/pkg/testenv"
 	"github.com/ambient-lite/ambient-lite/pkg/xds"
+	"github.com/ambient-lite/ambient-lite/pkg/xds/xdsserver"
 	"github.com/ambient-lite/ambient-lite/tests/cluster"
 	"github.com/ambient-lite/ambient-lite/tests/gobuild"
 	"github.com/ambient-lite/ambient-lite/tests/testca"
@@ -116,7 +117,7 @@ type xdsServer struct {
 func startXDS(t testing.TB, ca *testca.Server, resources map[string]map[string]proto.Message) *xdsServer {
 	t.Helper()
 	s := &xdsServer{}
-	sources := map[string]xds.Source{}
+	sources := map[string]xdsserver.Source{}
 	for typeURL, byName := range resources {
 		snapshot := map[string]*xds.Resource{}
 		for name, msg := range byName {
@@ -129,14 +130,14 @@ func startXDS(t testing.TB, ca *testca.Server, resources map[string]map[string]p
 			}
 			snapshot[name] = &xds.Resource{Name: name, Version: "1", Resource: a}
 		}
-		sources[typeURL] = xds.SourceFunc(func(_ context.Context, req *xds.Request) (*xds.Delta, error) {
+		sources[typeURL] = xdsserver.SourceFunc(func(_ context.Context, req *xdsserver.Request) (*xdsserver.Delta, error) {
 			s.mu.Lock()
 			s.nodes = append(s.nodes, req.Stream.NodeID)
 			s.mu.Unlock()
-			return xds.Diff(snapshot, req), nil
+			return xdsserver.Diff(snapshot, req), nil
 		})
 	}
-	srv, err := xds.NewServer(xds.ServerOptions{Sources: sources, Authenticate: func(ctx context.Context) (any, error) {
+	srv, err := xdsserver.NewServer(xdsserver.ServerOptions{Sources: sources, Authenticate: func(ctx context.Context) (any, error) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		s.auth = append(s.auth, strings.Join(metadata.ValueFromIncomingContext(ctx, "authorization"), ","))

@@ -10,7 +10,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -18,15 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/ca"
-	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/caserver"
-	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/config"
-	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/controller"
-	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/kube"
-	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/routestatus"
-	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/translate"
-	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/waypoint"
-	"github.com/ambient-lite/ambient-lite/pkg/xds"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -47,6 +39,16 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
+
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/ca"
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/caserver"
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/config"
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/controller"
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/kube"
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/routestatus"
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/translate"
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/waypoint"
+	"github.com/ambient-lite/ambient-lite/pkg/xds/xdsserver"
 )
 
 const (
@@ -100,7 +102,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	// The xDS controller needs whole pods; the CA's pod informer keeps slimmed ones.
 	xdsFactory := informers.NewSharedInformerFactory(client, resyncPeriod)
 	istioFactory := istioinformers.NewSharedInformerFactory(istio, resyncPeriod)
-	var xdsSrv *xds.Server // set below, before the controller runs
+	var xdsSrv *xdsserver.Server // set below, before the controller runs
 	// Gateways and GatewayClasses: the controller's waypoints, and the waypoint deployer. Without
 	// the Gateway API CRDs there are no waypoints (install them and restart istiod-lite).
 	gatewayFactory := gatewayinformers.NewSharedInformerFactory(gateways, resyncPeriod)
@@ -155,7 +157,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		}
 	}
 	reviewer := &kube.TokenReviewer{Client: client, Audience: cfg.TokenAudience}
-	xdsSrv, err = xds.NewServer(xds.ServerOptions{
+	xdsSrv, err = xdsserver.NewServer(xdsserver.ServerOptions{
 		Sources:      ctrl.Sources(),
 		Authenticate: func(ctx context.Context) (any, error) { return authenticateStream(ctx, reviewer) },
 		Logger:       log.With("service", "xds"),

@@ -20,9 +20,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/l7"
-	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/translate"
-	"github.com/ambient-lite/ambient-lite/pkg/xds"
 	"google.golang.org/protobuf/proto"
 	istioinformers "istio.io/client-go/pkg/informers/externalversions"
 	securitylisters "istio.io/client-go/pkg/listers/security/v1"
@@ -36,6 +33,11 @@ import (
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
 	gatewaylisters "sigs.k8s.io/gateway-api/pkg/client/listers/apis/v1"
+
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/l7"
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/translate"
+	"github.com/ambient-lite/ambient-lite/pkg/xds"
+	"github.com/ambient-lite/ambient-lite/pkg/xds/xdsserver"
 )
 
 // Type URLs of the resources the controller serves (Istio's).
@@ -49,7 +51,7 @@ const (
 // applied at once.
 const DefaultDebounce = 20 * time.Millisecond
 
-// Pusher is told which type URLs changed after a rebuild; *xds.Server implements it.
+// Pusher is told which type URLs changed after a rebuild; *xdsserver.Server implements it.
 type Pusher interface {
 	Push(typeURL string, names []string)
 }
@@ -444,8 +446,8 @@ func enrolled(pod *corev1.Pod, ns *corev1.Namespace) *corev1.Pod {
 // snapshot. A stream asking before the first snapshot waits for it (or for its own end), so
 // a proxy reconnecting to a fresh istiod-lite is never told its resources are gone.
 // RouteType answers each stream with the configuration of the waypoint it is entitled to.
-func (c *Controller) Sources() map[string]xds.Source {
-	return map[string]xds.Source{
+func (c *Controller) Sources() map[string]xdsserver.Source {
+	return map[string]xdsserver.Source{
 		AddressType:       source{c: c, typeURL: AddressType},
 		AuthorizationType: source{c: c, typeURL: AuthorizationType},
 		RouteType:         routeSource{c: c},
@@ -457,16 +459,16 @@ type source struct {
 	typeURL string
 }
 
-var _ xds.Source = source{}
+var _ xdsserver.Source = source{}
 
-// Generate implements xds.Source.
-func (s source) Generate(ctx context.Context, req *xds.Request) (*xds.Delta, error) {
+// Generate implements xdsserver.Source.
+func (s source) Generate(ctx context.Context, req *xdsserver.Request) (*xdsserver.Delta, error) {
 	select {
 	case <-s.c.ready:
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	return xds.Diff(s.c.snap.Load().byType[s.typeURL], req), nil
+	return xdsserver.Diff(s.c.snap.Load().byType[s.typeURL], req), nil
 }
 
 // selectorIndex finds the Services that may select a pod without checking every Service of

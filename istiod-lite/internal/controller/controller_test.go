@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ambient-lite/ambient-lite/pkg/xds"
 	"google.golang.org/protobuf/proto"
 	"istio.io/api/security/v1beta1"
 	typev1beta1 "istio.io/api/type/v1beta1"
@@ -21,6 +20,9 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	kubefake "k8s.io/client-go/kubernetes/fake"
+
+	"github.com/ambient-lite/ambient-lite/pkg/xds"
+	"github.com/ambient-lite/ambient-lite/pkg/xds/xdsserver"
 )
 
 func TestTypeURLs(t *testing.T) {
@@ -122,7 +124,7 @@ func TestSnapshot(t *testing.T) {
 	c, ctx := runController(t, kube, istio, Options{Pusher: p, Debounce: 5 * time.Millisecond})
 
 	all := func(typeURL string) map[string]*xds.Resource {
-		d, err := c.Sources()[typeURL].Generate(ctx, &xds.Request{TypeURL: typeURL, Wildcard: true})
+		d, err := c.Sources()[typeURL].Generate(ctx, &xdsserver.Request{TypeURL: typeURL, Wildcard: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -186,7 +188,7 @@ func TestSnapshot(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	d, err := c.Sources()[AddressType].Generate(ctx, &xds.Request{TypeURL: AddressType, Wildcard: true, Have: map[string]string{
+	d, err := c.Sources()[AddressType].Generate(ctx, &xdsserver.Request{TypeURL: AddressType, Wildcard: true, Have: map[string]string{
 		"Kubernetes//Pod/mesh/a":  addrs["Kubernetes//Pod/mesh/a"].Version,
 		"Kubernetes//Pod/plain/b": addrs["Kubernetes//Pod/plain/b"].Version,
 	}})

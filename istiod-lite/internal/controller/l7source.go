@@ -14,16 +14,18 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/caserver"
-	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/l7"
-	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/translate"
-	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/waypoint"
-	"github.com/ambient-lite/ambient-lite/pkg/xds"
 	securityclient "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/caserver"
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/l7"
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/translate"
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/waypoint"
+	"github.com/ambient-lite/ambient-lite/pkg/xds"
+	"github.com/ambient-lite/ambient-lite/pkg/xds/xdsserver"
 )
 
 // RouteType is the type URL of the waypoints' L7 configuration (Envoy's).
@@ -53,7 +55,7 @@ var errNotWaypoint = errors.New("node metadata has no GATEWAY_NAME: not a waypoi
 // the node metadata names the Gateway (GATEWAY_NAME, NAMESPACE), the stream is authenticated
 // as the ServiceAccount the deployer gives that Gateway's waypoint, in its namespace, and a
 // pod-bound token names the pod the metadata names.
-func entitled(info *xds.StreamInfo, waypoints map[string]*waypointConfig) (*waypointConfig, error) {
+func entitled(info *xdsserver.StreamInfo, waypoints map[string]*waypointConfig) (*waypointConfig, error) {
 	meta := map[string]string{}
 	if info != nil && info.Metadata != nil {
 		for _, k := range []string{metaGatewayName, metaNamespace, metaPodName} {
@@ -99,10 +101,10 @@ func entitled(info *xds.StreamInfo, waypoints map[string]*waypointConfig) (*wayp
 // entitled to, and a stream entitled to none gets nothing (and loses what it had).
 type routeSource struct{ c *Controller }
 
-var _ xds.Source = routeSource{}
+var _ xdsserver.Source = routeSource{}
 
-// Generate implements xds.Source.
-func (s routeSource) Generate(ctx context.Context, req *xds.Request) (*xds.Delta, error) {
+// Generate implements xdsserver.Source.
+func (s routeSource) Generate(ctx context.Context, req *xdsserver.Request) (*xdsserver.Delta, error) {
 	select {
 	case <-s.c.ready:
 	case <-ctx.Done():
@@ -121,9 +123,9 @@ func (s routeSource) Generate(ctx context.Context, req *xds.Request) (*xds.Delta
 			node, id = req.Stream.NodeID, req.Stream.ID
 		}
 		log("route configuration withheld from xDS stream", "node", node, "stream", id, "reason", err.Error())
-		return xds.Diff(nil, req), nil
+		return xdsserver.Diff(nil, req), nil
 	}
-	return xds.Diff(w.resources, req), nil
+	return xdsserver.Diff(w.resources, req), nil
 }
 
 // l7Service is the Service as the L7 translation sees it: a backend, and bound to w (nil:

@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/caserver"
-	"github.com/ambient-lite/ambient-lite/pkg/xds"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 	"istio.io/api/security/v1beta1"
@@ -25,9 +23,12 @@ import (
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
 	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
+
+	"github.com/ambient-lite/ambient-lite/istiod-lite/internal/caserver"
+	"github.com/ambient-lite/ambient-lite/pkg/xds/xdsserver"
 )
 
-func waypointStream(t *testing.T, id uint64, gateway, namespace, pod string, principal any) *xds.StreamInfo {
+func waypointStream(t *testing.T, id uint64, gateway, namespace, pod string, principal any) *xdsserver.StreamInfo {
 	t.Helper()
 	fields := map[string]any{}
 	for k, v := range map[string]string{"GATEWAY_NAME": gateway, "NAMESPACE": namespace, "NAME": pod} {
@@ -39,7 +40,7 @@ func waypointStream(t *testing.T, id uint64, gateway, namespace, pod string, pri
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &xds.StreamInfo{ID: id, NodeID: "waypoint~10.0.0.9~" + pod + "." + namespace + "~" + namespace + ".svc.cluster.local", Metadata: meta, Principal: principal}
+	return &xdsserver.StreamInfo{ID: id, NodeID: "waypoint~10.0.0.9~" + pod + "." + namespace + "~" + namespace + ".svc.cluster.local", Metadata: meta, Principal: principal}
 }
 
 func TestEntitled(t *testing.T) {
@@ -85,7 +86,7 @@ func TestEntitled(t *testing.T) {
 			}
 		})
 	}
-	if _, err := entitled(&xds.StreamInfo{}, wps); !errors.Is(err, errNotWaypoint) {
+	if _, err := entitled(&xdsserver.StreamInfo{}, wps); !errors.Is(err, errNotWaypoint) {
 		t.Errorf("a stream without metadata: %v, want errNotWaypoint", err)
 	}
 }
@@ -196,15 +197,15 @@ func TestWaypointRouteConfiguration(t *testing.T) {
 	ztunnel := waypointStream(t, 4, "", "istio-system", "ztunnel-x", caserver.Caller{Namespace: "istio-system", ServiceAccount: "ztunnel"})
 
 	// get answers a wildcard request of a stream holding have, told changed (nil: anything).
-	get := func(info *xds.StreamInfo, have map[string]string, changed []string) *xds.Delta {
+	get := func(info *xdsserver.StreamInfo, have map[string]string, changed []string) *xdsserver.Delta {
 		t.Helper()
-		d, err := c.Sources()[RouteType].Generate(ctx, &xds.Request{Stream: info, TypeURL: RouteType, Wildcard: true, Have: have, Changed: changed})
+		d, err := c.Sources()[RouteType].Generate(ctx, &xdsserver.Request{Stream: info, TypeURL: RouteType, Wildcard: true, Have: have, Changed: changed})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return d
 	}
-	decode := func(d *xds.Delta) map[string]*routev3.RouteConfiguration {
+	decode := func(d *xdsserver.Delta) map[string]*routev3.RouteConfiguration {
 		t.Helper()
 		out := map[string]*routev3.RouteConfiguration{}
 		for _, r := range d.Upserts {
@@ -259,7 +260,7 @@ func TestWaypointRouteConfiguration(t *testing.T) {
 	}
 	for _, s := range []struct {
 		name string
-		info *xds.StreamInfo
+		info *xdsserver.StreamInfo
 	}{{"B's identity naming wp-a", impostor}, {"ztunnel", ztunnel}, {"no identity", waypointStream(t, 5, "wp-a", "app", "", nil)}} {
 		if d := get(s.info, nil, nil); len(d.Upserts) != 0 || len(d.Removals) != 0 {
 			t.Errorf("%s: gets %d resources and %d removals, want nothing", s.name, len(d.Upserts), len(d.Removals))
@@ -273,7 +274,7 @@ func TestWaypointRouteConfiguration(t *testing.T) {
 		t.Errorf("the backend Service web-v2 is not served as an address")
 	}
 
-	have := func(d *xds.Delta) map[string]string {
+	have := func(d *xdsserver.Delta) map[string]string {
 		out := map[string]string{}
 		for _, r := range d.Upserts {
 			out[r.Name] = r.Version

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ambient-lite/ambient-lite/pkg/xds"
 	"google.golang.org/protobuf/proto"
 	"istio.io/api/security/v1beta1"
 	typev1beta1 "istio.io/api/type/v1beta1"
@@ -20,6 +19,8 @@ import (
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
 	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
+
+	"github.com/ambient-lite/ambient-lite/pkg/xds/xdsserver"
 )
 
 // TestWaypointBinding follows one waypoint through its life: named by the namespace before
@@ -79,7 +80,7 @@ func TestWaypointBinding(t *testing.T) {
 		Hostname: &workloadapi.NamespacedHostname{Namespace: "app", Hostname: "waypoint.app.svc.cluster.local"}}}
 	// waypoints returns the waypoint fields served for the Service, web-0 and waypoint-0.
 	waypoints := func() (svc, web, self *workloadapi.GatewayAddress) {
-		d, err := c.Sources()[AddressType].Generate(ctx, &xds.Request{TypeURL: AddressType, Wildcard: true})
+		d, err := c.Sources()[AddressType].Generate(ctx, &xdsserver.Request{TypeURL: AddressType, Wildcard: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -150,7 +151,7 @@ func TestWaypointBinding(t *testing.T) {
 	eventually("namespace label removed", nil, nil)
 
 	// The waypoint's policies: nothing for ztunnel, nothing skipped, nothing referenced.
-	authz, err := c.Sources()[AuthorizationType].Generate(ctx, &xds.Request{TypeURL: AuthorizationType, Wildcard: true})
+	authz, err := c.Sources()[AuthorizationType].Generate(ctx, &xdsserver.Request{TypeURL: AuthorizationType, Wildcard: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +161,7 @@ func TestWaypointBinding(t *testing.T) {
 	for object := range c.idx.skipped {
 		t.Errorf("skipped %s: %s", object, c.idx.skipped[object])
 	}
-	d, _ := c.Sources()[AddressType].Generate(ctx, &xds.Request{TypeURL: AddressType, Wildcard: true})
+	d, _ := c.Sources()[AddressType].Generate(ctx, &xdsserver.Request{TypeURL: AddressType, Wildcard: true})
 	for _, r := range d.Upserts {
 		var a workloadapi.Address
 		if err := r.Resource.UnmarshalTo(&a); err == nil && len(a.GetWorkload().GetAuthorizationPolicies()) > 0 {
@@ -178,7 +179,7 @@ func TestWaypointsOptional(t *testing.T) {
 		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "web"}, Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10"}},
 	)
 	c, ctx := runController(t, kube, istiofake.NewSimpleClientset(), Options{Debounce: time.Millisecond})
-	d, err := c.Sources()[AddressType].Generate(ctx, &xds.Request{TypeURL: AddressType, Wildcard: true})
+	d, err := c.Sources()[AddressType].Generate(ctx, &xdsserver.Request{TypeURL: AddressType, Wildcard: true})
 	if err != nil || len(d.Upserts) != 1 {
 		t.Fatalf("addresses %v, %v; want the Service", d, err)
 	}

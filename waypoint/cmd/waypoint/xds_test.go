@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/ambient-lite/ambient-lite/pkg/xds"
+	"github.com/ambient-lite/ambient-lite/pkg/xds/xdsserver"
 )
 
 // xdsServer stands in for istiod-lite: pkg/xds over gRPC with TLS on a unix socket, serving
@@ -25,7 +26,7 @@ import (
 // server's log.
 type xdsServer struct {
 	address string // unix:///…/xds.sock
-	srv     *xds.Server
+	srv     *xdsserver.Server
 
 	mu      sync.Mutex
 	version int
@@ -38,10 +39,10 @@ type xdsServer struct {
 func startXDS(t *testing.T, ca *testCA, typeURLs ...string) *xdsServer {
 	t.Helper()
 	s := &xdsServer{snaps: map[string]map[string]*xds.Resource{}, ready: map[string]chan struct{}{}, asked: map[string]bool{}}
-	sources := map[string]xds.Source{}
+	sources := map[string]xdsserver.Source{}
 	for _, typeURL := range typeURLs {
 		s.ready[typeURL] = make(chan struct{})
-		sources[typeURL] = xds.SourceFunc(func(ctx context.Context, req *xds.Request) (*xds.Delta, error) {
+		sources[typeURL] = xdsserver.SourceFunc(func(ctx context.Context, req *xdsserver.Request) (*xdsserver.Delta, error) {
 			s.mu.Lock()
 			s.asked[typeURL] = true
 			s.mu.Unlock()
@@ -52,10 +53,10 @@ func startXDS(t *testing.T, ca *testCA, typeURLs ...string) *xdsServer {
 			}
 			s.mu.Lock()
 			defer s.mu.Unlock()
-			return xds.Diff(s.snaps[typeURL], req), nil
+			return xdsserver.Diff(s.snaps[typeURL], req), nil
 		})
 	}
-	srv, err := xds.NewServer(xds.ServerOptions{Sources: sources, Debounce: -1, Logger: slog.New(nackRecorder{s})})
+	srv, err := xdsserver.NewServer(xdsserver.ServerOptions{Sources: sources, Debounce: -1, Logger: slog.New(nackRecorder{s})})
 	if err != nil {
 		t.Fatal(err)
 	}

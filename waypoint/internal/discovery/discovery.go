@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"sync"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -28,9 +27,9 @@ const (
 
 // Node describes the waypoint as the contract says: id
 // waypoint~<ip>~<pod>.<ns>~<ns>.svc.cluster.local, metadata NAME, NAMESPACE, GATEWAY_NAME.
-func Node(podIP, podName, podNamespace, gateway string) *corev3.Node {
+func Node(podIP, podName, podNamespace, gateway string) *xds.Node {
 	meta, _ := structpb.NewStruct(map[string]any{"NAME": podName, "NAMESPACE": podNamespace, "GATEWAY_NAME": gateway, "INSTANCE_IPS": podIP})
-	return &corev3.Node{Id: fmt.Sprintf("waypoint~%s~%s.%s~%s.svc.cluster.local", podIP, podName, podNamespace, podNamespace), Metadata: meta}
+	return &xds.Node{ID: fmt.Sprintf("waypoint~%s~%s.%s~%s.svc.cluster.local", podIP, podName, podNamespace, podNamespace), Metadata: meta}
 }
 
 // Handler returns the xDS handler applying responses to state and routes; first is called

@@ -49,7 +49,7 @@ func TestHandlerNACKsAndKeepsLastGood(t *testing.T) {
 
 func TestNode(t *testing.T) {
 	n := Node("10.0.0.9", "wp-0", "ns1", "waypoint")
-	if n.GetId() != "waypoint~10.0.0.9~wp-0.ns1~ns1.svc.cluster.local" || n.GetMetadata().GetFields()["GATEWAY_NAME"].GetStringValue() != "waypoint" {
+	if n.ID != "waypoint~10.0.0.9~wp-0.ns1~ns1.svc.cluster.local" || n.Metadata.GetFields()["GATEWAY_NAME"].GetStringValue() != "waypoint" {
 		t.Errorf("node %v", n)
 	}
 }

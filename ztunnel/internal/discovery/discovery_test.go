@@ -11,9 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ambient-lite/ambient-lite/pkg/authz"
-	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
-	"github.com/ambient-lite/ambient-lite/pkg/xds"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -21,28 +18,33 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"istio.io/istio/pkg/workloadapi"
 	"istio.io/istio/pkg/workloadapi/security"
+
+	"github.com/ambient-lite/ambient-lite/pkg/authz"
+	"github.com/ambient-lite/ambient-lite/pkg/meshstate"
+	"github.com/ambient-lite/ambient-lite/pkg/xds"
+	"github.com/ambient-lite/ambient-lite/pkg/xds/xdsserver"
 )
 
 // controlPlane is an in-process xDS server whose snapshots the test sets.
 type controlPlane struct {
 	mu   sync.Mutex
 	sets map[string]map[string]*xds.Resource
-	srv  *xds.Server
+	srv  *xdsserver.Server
 	addr string
 }
 
 func startControlPlane(t *testing.T) *controlPlane {
 	t.Helper()
 	cp := &controlPlane{sets: map[string]map[string]*xds.Resource{AddressType: {}, AuthorizationType: {}}}
-	src := func(typeURL string) xds.Source {
-		return xds.SourceFunc(func(_ context.Context, req *xds.Request) (*xds.Delta, error) {
+	src := func(typeURL string) xdsserver.Source {
+		return xdsserver.SourceFunc(func(_ context.Context, req *xdsserver.Request) (*xdsserver.Delta, error) {
 			cp.mu.Lock()
 			defer cp.mu.Unlock()
-			return xds.Diff(cp.sets[typeURL], req), nil
+			return xdsserver.Diff(cp.sets[typeURL], req), nil
 		})
 	}
-	srv, err := xds.NewServer(xds.ServerOptions{
-		Sources:  map[string]xds.Source{AddressType: src(AddressType), AuthorizationType: src(AuthorizationType)},
+	srv, err := xdsserver.NewServer(xdsserver.ServerOptions{
+		Sources:  map[string]xdsserver.Source{AddressType: src(AddressType), AuthorizationType: src(AuthorizationType)},
 		Debounce: -1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {

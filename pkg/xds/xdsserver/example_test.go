@@ -1,4 +1,4 @@
-package xds_test
+package xdsserver_test
 
 import (
 	"context"
@@ -9,17 +9,18 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/ambient-lite/ambient-lite/pkg/xds"
+	"github.com/ambient-lite/ambient-lite/pkg/xds/xdsserver"
 )
 
 // A Server whose Source answers every stream from one snapshot; the caller Pushes the
 // names it changed.
 func ExampleServer() {
 	snapshot := map[string]*xds.Resource{} // filled and replaced by the caller
-	srv, err := xds.NewServer(xds.ServerOptions{
-		Sources: map[string]xds.Source{
-			"type.googleapis.com/istio.workload.Address": xds.SourceFunc(
-				func(_ context.Context, req *xds.Request) (*xds.Delta, error) {
-					return xds.Diff(snapshot, req), nil
+	srv, err := xdsserver.NewServer(xdsserver.ServerOptions{
+		Sources: map[string]xdsserver.Source{
+			"type.googleapis.com/istio.workload.Address": xdsserver.SourceFunc(
+				func(_ context.Context, req *xdsserver.Request) (*xdsserver.Delta, error) {
+					return xdsserver.Diff(snapshot, req), nil
 				}),
 		},
 		Logger: slog.Default(),

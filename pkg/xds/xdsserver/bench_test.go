@@ -1,4 +1,4 @@
-package xds
+package xdsserver
 
 import (
 	"fmt"
@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ambient-lite/ambient-lite/pkg/xds"
 )
 
 // BenchmarkPush100Streams measures the time from Push of a one-resource change to its
@@ -23,7 +25,7 @@ func BenchmarkPush100Streams(b *testing.B) {
 		arrived = make(chan struct{}, streams)
 	)
 	for range streams {
-		startClient(b, conn, func(_ string, ups []*Resource, _ []string) error {
+		startClient(b, conn, func(_ string, ups []*xds.Resource, _ []string) error {
 			for _, u := range ups {
 				mu.Lock()
 				if u.Name == "a" && u.Version == want {
@@ -35,7 +37,7 @@ func BenchmarkPush100Streams(b *testing.B) {
 				mu.Unlock()
 			}
 			return nil
-		}, func(c *Client) { c.Watch(typeA) })
+		}, func(c *xds.Client) { c.Watch(typeA) })
 	}
 	eventually(b, "all streams", func() bool { return e.srv.Streams() == streams })
 	time.Sleep(50 * time.Millisecond) // let the initial syncs finish

@@ -1,4 +1,4 @@
-package xds
+package xdsserver
 
 import (
 	"bytes"
@@ -13,13 +13,14 @@ import (
 	"testing"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/ambient-lite/ambient-lite/pkg/xds"
 )
 
 const (
@@ -30,12 +31,12 @@ const (
 // snapshot is a Source over a mutable set of resources; it records every request.
 type snapshot struct {
 	mu   sync.Mutex
-	res  map[string]*Resource
+	res  map[string]*xds.Resource
 	reqs []*Request
 }
 
 func newSnapshot(kv ...string) *snapshot {
-	s := &snapshot{res: map[string]*Resource{}}
+	s := &snapshot{res: map[string]*xds.Resource{}}
 	for i := 0; i+1 < len(kv); i += 2 {
 		s.set(kv[i], kv[i+1])
 	}
@@ -51,7 +52,7 @@ func (s *snapshot) setPayload(name, version, payload string) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.res[name] = &Resource{Name: name, Version: version, Resource: a}
+	s.res[name] = &xds.Resource{Name: name, Version: version, Resource: a}
 }
 
 func (s *snapshot) del(name string) {
@@ -147,7 +148,7 @@ type recorder struct {
 	mu     sync.Mutex
 	have   map[string]map[string]string // type → name → version
 	calls  []string                     // "type name@version" and "type -name"
-	reject func(typeURL string, r *Resource) error
+	reject func(typeURL string, r *xds.Resource) error
 	change chan struct{}
 }
 
@@ -155,7 +156,7 @@ func newRecorder() *recorder {
 	return &recorder{have: map[string]map[string]string{}, change: make(chan struct{}, 1)}
 }
 
-func (r *recorder) handle(typeURL string, upserts []*Resource, removals []string) error {
+func (r *recorder) handle(typeURL string, upserts []*xds.Resource, removals []string) error {
 	r.mu.Lock()
 	defer func() {
 		r.mu.Unlock()
@@ -219,10 +220,10 @@ func (r *recorder) waitState(tb testing.TB, typeURL string, want map[string]stri
 }
 
 // startClient runs a Client until the test ends.
-func startClient(tb testing.TB, conn grpc.ClientConnInterface, h Handler, setup func(c *Client)) *Client {
+func startClient(tb testing.TB, conn grpc.ClientConnInterface, h xds.Handler, setup func(c *xds.Client)) *xds.Client {
 	tb.Helper()
-	c, err := NewClient(ClientOptions{
-		Conn: conn, Handler: h, Node: &corev3.Node{Id: "ztunnel~10.0.0.1~pod.ns~ns.svc.cluster.local"},
+	c, err := xds.NewClient(xds.ClientOptions{
+		Conn: conn, Handler: h, Node: &xds.Node{ID: "ztunnel~10.0.0.1~pod.ns~ns.svc.cluster.local"},
 		MinBackoff: 5 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
 		Logger: slog.New(slog.DiscardHandler),
 	})

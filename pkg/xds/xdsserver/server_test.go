@@ -1,4 +1,4 @@
-package xds
+package xdsserver
 
 import (
 	"context"
@@ -18,6 +18,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/ambient-lite/ambient-lite/pkg/xds"
 )
 
 func TestWildcardInitialSync(t *testing.T) {
@@ -29,7 +31,7 @@ func TestWildcardInitialSync(t *testing.T) {
 		Authenticate: func(context.Context) (any, error) { return "spiffe://td/ns/ns/sa/ztunnel", nil },
 	})
 	rec := newRecorder()
-	startClient(t, e.dial(t), rec.handle, func(c *Client) { c.Watch(typeA) })
+	startClient(t, e.dial(t), rec.handle, func(c *xds.Client) { c.Watch(typeA) })
 	rec.waitState(t, typeA, map[string]string{"a": "1", "b": "1", "c": "1"})
 	if got := rec.state(typeB); len(got) != 0 {
 		t.Errorf("got %v of an unsubscribed type", got)
@@ -73,7 +75,7 @@ func TestPushReaches100Streams(t *testing.T) {
 	for range 100 {
 		rec := newRecorder()
 		recs = append(recs, rec)
-		startClient(t, conn, rec.handle, func(c *Client) { c.Watch(typeA) })
+		startClient(t, conn, rec.handle, func(c *xds.Client) { c.Watch(typeA) })
 	}
 	for _, rec := range recs {
 		rec.waitState(t, typeA, map[string]string{"a": "1", "b": "1"})
@@ -102,7 +104,7 @@ func TestSlowClientDoesNotBlock(t *testing.T) {
 	send(t, slow, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typeA})
 
 	rec := newRecorder()
-	startClient(t, e.dial(t), rec.handle, func(c *Client) { c.Watch(typeA) })
+	startClient(t, e.dial(t), rec.handle, func(c *xds.Client) { c.Watch(typeA) })
 	rec.waitState(t, typeA, map[string]string{"a": "0"})
 
 	pushed := make(chan struct{})
@@ -137,13 +139,13 @@ func TestNACKKeepsClientStateAndIsLogged(t *testing.T) {
 	snap := newSnapshot("a", "1", "b", "1")
 	e := newEnv(t, ServerOptions{Sources: map[string]Source{typeA: snap}})
 	rec := newRecorder()
-	rec.reject = func(_ string, r *Resource) error {
+	rec.reject = func(_ string, r *xds.Resource) error {
 		if r.Version == "bad" {
 			return errors.New("field foo: invalid")
 		}
 		return nil
 	}
-	c := startClient(t, e.dial(t), rec.handle, func(c *Client) { c.Watch(typeA) })
+	c := startClient(t, e.dial(t), rec.handle, func(c *xds.Client) { c.Watch(typeA) })
 	rec.waitState(t, typeA, map[string]string{"a": "1", "b": "1"})
 
 	snap.set("a", "bad")
@@ -184,7 +186,7 @@ func TestReconnectSendsOnlyChanges(t *testing.T) {
 	e := newEnv(t, ServerOptions{Sources: map[string]Source{typeA: snap}})
 	conn := &switchConn{cur: e.dial(t)}
 	rec := newRecorder()
-	c := startClient(t, conn, rec.handle, func(c *Client) { c.Watch(typeA) })
+	c := startClient(t, conn, rec.handle, func(c *xds.Client) { c.Watch(typeA) })
 	rec.waitState(t, typeA, map[string]string{"a": "1", "b": "1", "c": "1"})
 	eventually(t, "ACKs", func() bool { return len(c.Versions(typeA)) == 3 })
 
@@ -241,7 +243,7 @@ func TestOnDemandSubscribeAndUnsubscribe(t *testing.T) {
 	snap := newSnapshot("a", "1", "b", "1", "c", "1")
 	e := newEnv(t, ServerOptions{Sources: map[string]Source{typeA: snap}})
 	rec := newRecorder()
-	c := startClient(t, e.dial(t), rec.handle, func(c *Client) { c.Subscribe(typeA) })
+	c := startClient(t, e.dial(t), rec.handle, func(c *xds.Client) { c.Subscribe(typeA) })
 	eventually(t, "the empty initial response", func() bool { return len(snap.requests()) > 0 })
 	if got := rec.state(typeA); len(got) != 0 {
 		t.Fatalf("on-demand client got %v before subscribing", got)
@@ -374,8 +376,8 @@ func TestNewServerValidates(t *testing.T) {
 			}
 		})
 	}
-	if _, err := NewClient(ClientOptions{}); err == nil {
-		t.Error("NewClient without Conn succeeded")
+	if _, err := xds.NewClient(xds.ClientOptions{}); err == nil {
+		t.Error("xds.NewClient without Conn succeeded")
 	}
 }
 
@@ -411,7 +413,7 @@ func TestPushIsDebounced(t *testing.T) {
 	snap := newSnapshot("a", "0")
 	e := newEnv(t, ServerOptions{Sources: map[string]Source{typeA: snap}, Debounce: 200 * time.Millisecond})
 	rec := newRecorder()
-	startClient(t, e.dial(t), rec.handle, func(c *Client) { c.Watch(typeA) })
+	startClient(t, e.dial(t), rec.handle, func(c *xds.Client) { c.Watch(typeA) })
 	rec.waitState(t, typeA, map[string]string{"a": "0"})
 	initial := len(snap.requests())
 	for i := 1; i <= 10; i++ {

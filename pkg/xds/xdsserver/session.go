@@ -1,4 +1,4 @@
-package xds
+package xdsserver
 
 import (
 	"errors"
@@ -7,6 +7,8 @@ import (
 	"strconv"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+
+	"github.com/ambient-lite/ambient-lite/pkg/xds"
 )
 
 // session is the request-handling state machine of one server stream: what each type is
@@ -84,7 +86,7 @@ func (s *session) handle(req *discoveryv3.DeltaDiscoveryRequest) (*nack, error) 
 		n = ts.answer(typeURL, nonce, req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
 	}
 	for _, name := range req.GetResourceNamesSubscribe() {
-		if name == Wildcard {
+		if name == xds.Wildcard {
 			if !ts.wildcard {
 				ts.wildcard, ts.all, ts.force = true, true, true
 			}
@@ -98,7 +100,7 @@ func (s *session) handle(req *discoveryv3.DeltaDiscoveryRequest) (*nack, error) 
 		}
 	}
 	for _, name := range req.GetResourceNamesUnsubscribe() {
-		if name == Wildcard {
+		if name == xds.Wildcard {
 			ts.wildcard = false
 			for have := range ts.acked {
 				if _, ok := ts.names[have]; !ok {
