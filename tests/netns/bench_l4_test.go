@@ -25,7 +25,7 @@ import (
 	"github.com/ambient-lite/ambient-lite/pkg/testenv"
 )
 
-var benchL4Profile = flag.String("bench-l4-profile", "", "write CPU and allocation profiles of both ztunnels during the mesh fortio run to this directory")
+var benchL4Profile = flag.String("bench-l4-profile", "", "write CPU and allocation profiles (and perf record's kernel stacks, if perf is installed) of both ztunnels during the mesh fortio run to this directory")
 
 // Ports of the three paths: direct (not captured), through two ztunnels (captured), and
 // through an stunnel mTLS pair on the nodes (not captured; the client dials node A's stunnel).
@@ -95,7 +95,8 @@ func BenchmarkL4(b *testing.B) {
 		var profiling sync.WaitGroup
 		if p.ztunnels && *benchL4Profile != "" {
 			for _, z := range []struct{ name, ns string }{{"ztunnel-a", m.nodeA}, {"ztunnel-b", m.nodeB}} {
-				if os.Getenv("BENCH_L4_STRACE") != "" {
+				// Kernel and user stacks together (where the syscalls' time goes), if perf is here.
+				if perf, err := exec.LookPath("perf"); err == nil {
 					profiling.Add(1)
 					go func() {
 						defer profiling.Done()
@@ -103,8 +104,11 @@ func BenchmarkL4(b *testing.B) {
 						if z.name == "ztunnel-b" {
 							pid = m.ztunnelB.Process.Pid
 						}
-						out, _ := exec.Command("perf", "record", "-F", "999", "-g", "-o", filepath.Join(*benchL4Profile, z.name+".perf"), "-p", strconv.Itoa(pid), "--", "sleep", "8").CombinedOutput()
-						os.WriteFile(filepath.Join(*benchL4Profile, z.name+".strace"), out, 0o644)
+						out, err := exec.Command(perf, "record", "-F", "999", "-g", "-o", filepath.Join(*benchL4Profile, z.name+".perf"),
+							"-p", strconv.Itoa(pid), "--", "sleep", "8").CombinedOutput()
+						if err != nil {
+							t.Errorf("perf record %s: %v\n%s", z.name, err, out)
+						}
 					}()
 				}
 				// CPU, and the allocations made over the same 8 s (a delta profile).
