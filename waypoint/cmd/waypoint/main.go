@@ -7,6 +7,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -28,12 +29,12 @@ func main() {
 	_ = level.UnmarshalText([]byte(cfg.LogLevel))
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("binary", "waypoint")
 	log.Info("starting", "workerThreads", envconfig.ApplyWorkers(os.Getenv, cfg.WorkerThreads))
-	var access *slog.Logger
+	var access io.Writer
 	var accessBuf *accesslog.Buffer
 	if cfg.AccessLog {
 		// Lines are written in batches (at most a second late), not one write per request.
 		accessBuf = accesslog.NewBuffer(os.Stdout, accesslog.FlushInterval)
-		access = slog.New(slog.NewJSONHandler(accessBuf, nil)).With("log", "access")
+		access = accessBuf
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err = app.Run(ctx, cfg, log, access)

@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -34,8 +35,8 @@ import (
 )
 
 // Run serves until ctx ends, then drains for cfg.Drain and stops. accessLog receives
-// the access log (nil: none).
-func Run(ctx context.Context, cfg config.Config, log, accessLog *slog.Logger) error {
+// the access log lines (nil: none).
+func Run(ctx context.Context, cfg config.Config, log *slog.Logger, accessLog io.Writer) error {
 	roots, err := mtls.ReadRoots(cfg.RootCertPath)
 	if err != nil {
 		return err

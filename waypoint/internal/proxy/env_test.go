@@ -120,7 +120,7 @@ func newEnv(t testing.TB, addrs []*workloadapi.Address) *env {
 			}
 			return new(net.Dialer).DialContext(ctx, "tcp", real)
 		},
-		Metrics: e.metrics, AccessLog: accesslog.New(log.With("log", "access")), Log: log,
+		Metrics: e.metrics, AccessLog: accesslog.New(out), Log: log,
 		SniffTimeout: 200 * time.Millisecond,
 	})
 	if err != nil {
