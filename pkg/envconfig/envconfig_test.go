@@ -2,6 +2,7 @@ package envconfig
 
 import (
 	"net/netip"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -92,5 +93,25 @@ func TestCount(t *testing.T) {
 	r.Count("WORD", 1)
 	if err := r.Err(); err == nil || !strings.Contains(err.Error(), "ZERO") || !strings.Contains(err.Error(), "WORD") {
 		t.Errorf("errors %v, want both ZERO and WORD named", err)
+	}
+}
+
+func TestApplyGCPercent(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	env := func(v string) func(string) string {
+		return func(k string) string {
+			if k == "GOGC" {
+				return v
+			}
+			return ""
+		}
+	}
+	if got := ApplyGCPercent(env(""), 50); got != 50 || debug.SetGCPercent(50) != 50 {
+		t.Errorf("GOGC unset: in effect %d, want 50", got)
+	}
+	// GOGC set: the runtime read it at start; what is in effect stays.
+	debug.SetGCPercent(80)
+	if got := ApplyGCPercent(env("80"), 50); got != 80 || debug.SetGCPercent(80) != 80 {
+		t.Errorf("GOGC=80: in effect %d, want 80 kept", got)
 	}
 }

@@ -1,6 +1,9 @@
 package envconfig
 
-import "runtime"
+import (
+	"runtime"
+	"runtime/debug"
+)
 
 // DataPlaneGODEBUG is the GODEBUG every data-plane process (ztunnel, the waypoint) is
 // deployed with: the Helm chart, istiod-lite's waypoint Deployment and the netns tests and
@@ -46,4 +49,25 @@ func ApplyWorkers(getenv func(string) string, configured int) int {
 	n := Workers(configured, runtime.GOMAXPROCS(0))
 	runtime.GOMAXPROCS(n)
 	return n
+}
+
+// ZtunnelGCPercent is ztunnel's garbage collector target (GOGC) when the GOGC environment
+// variable is not set. ztunnel's data path allocates next to nothing per request, so the
+// collector runs on connection churn only, and the heap is small (3 to 4 MB): with Go's
+// default of 100 and its 4 MB minimum heap goal, freed connection state sits in the heap
+// between rare cycles. Measured side by side (make bench-l4, GOGC 50 against 100, two runs
+// each): resident set at 1,000 rps 19.6 against 20.2-20.4 MiB, vCPU per 1k rps 0.071-0.075
+// against 0.077-0.087 (the same within the machine's noise).
+const ZtunnelGCPercent = 50
+
+// ApplyGCPercent sets the collector's target to percent unless the GOGC environment variable
+// is set (then it rules, as for any Go program). It returns the value in effect (-1: off).
+func ApplyGCPercent(getenv func(string) string, percent int) int {
+	if getenv("GOGC") != "" {
+		old := debug.SetGCPercent(100)
+		debug.SetGCPercent(old)
+		return old
+	}
+	debug.SetGCPercent(percent)
+	return percent
 }

@@ -199,13 +199,11 @@ func (b *Builder) goBuild(ctx context.Context, bins []string) error {
 		}
 	}
 	sort.Strings(pkgs)
-	args := append(append([]string{"build"}, gobuild.Flags...), "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(b.OutDir, "bin")+"/")
-	args = append(args, pkgs...)
-	cmd := exec.CommandContext(ctx, "go", args...)
-	cmd.Dir = b.RepoRoot
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-buildvcs=false")
+	args := append([]string{"-trimpath", "-ldflags=-s -w", "-o", filepath.Join(b.OutDir, "bin") + "/"}, pkgs...)
+	cmd := gobuild.Command(ctx, b.RepoRoot, args...)
+	cmd.Env = append(cmd.Env, "GOFLAGS=-buildvcs=false")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("building image binaries (go %s): %v\n%s", strings.Join(args, " "), err, out)
+		return fmt.Errorf("building image binaries (%s): %v\n%s", strings.Join(cmd.Args, " "), err, out)
 	}
 	return nil
 }

@@ -1,9 +1,9 @@
 package istiodtest
 
 import (
+	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -38,8 +38,7 @@ func Binary(t testing.TB, pkg string) string {
 		if rerr != nil {
 			t.Fatal(rerr)
 		}
-		cmd := exec.Command("go", append(append([]string{"build"}, gobuild.Flags...), "-o", out, "./"+pkg)...)
-		cmd.Dir = root
+		cmd := gobuild.Command(context.Background(), root, "-o", out, "./"+pkg)
 		if b, cerr := cmd.CombinedOutput(); cerr != nil {
 			err = fmt.Errorf("building %s: %v\n%s", pkg, cerr, b)
 		}

@@ -267,8 +267,7 @@ func (b *buildOnce) build(t testing.TB, name string, args ...string) string {
 			return
 		}
 		b.path = filepath.Join(binDir, name)
-		cmd := exec.Command("go", append(append(append([]string{"build"}, gobuild.Flags...), "-o", b.path), args...)...)
-		cmd.Dir = root
+		cmd := gobuild.Command(context.Background(), root, append([]string{"-o", b.path}, args...)...)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			b.err = fmt.Errorf("building %s: %v\n%s", name, err, out)
 		}

@@ -2,6 +2,7 @@ package netns
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -375,8 +376,7 @@ func buildZtunnel(t testing.TB) string {
 			return
 		}
 		ztunnelBin.path = filepath.Join(binDir, "ztunnel")
-		cmd := exec.Command("go", append(append([]string{"build"}, gobuild.Flags...), "-o", ztunnelBin.path, "./ztunnel/cmd/ztunnel")...)
-		cmd.Dir = root
+		cmd := gobuild.Command(context.Background(), root, "-o", ztunnelBin.path, "./ztunnel/cmd/ztunnel")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			ztunnelBin.err = fmt.Errorf("building ztunnel: %v\n%s", err, out)
 		}

@@ -27,7 +27,7 @@ func main() {
 	_ = level.UnmarshalText([]byte(cfg.LogLevel))
 	log := newLogger(os.Stderr, level)
 	workers := envconfig.ApplyWorkers(os.Getenv, cfg.WorkerThreads)
-	log.Info("starting", "workerThreads", workers)
+	log.Info("starting", "workerThreads", workers, "gcPercent", envconfig.ApplyGCPercent(os.Getenv, envconfig.ZtunnelGCPercent))
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	if err := app.Run(ctx, cfg, log); err != nil {
