@@ -56,8 +56,8 @@ func ApplyWorkers(getenv func(string) string, configured int) int {
 // collector runs on connection churn only, and the heap is small (3 to 4 MB): with Go's
 // default of 100 and its 4 MB minimum heap goal, freed connection state sits in the heap
 // between rare cycles. Measured side by side (make bench-l4, GOGC 50 against 100, two runs
-// each): resident set at 1,000 rps 19.6 against 20.2-20.4 MiB, vCPU per 1k rps 0.071-0.075
-// against 0.077-0.087 (the same within the machine's noise).
+// each, interleaved): resident set at 1,000 rps 19.6 against 20.2-20.4 MiB, vCPU per 1k rps
+// 0.071-0.075 against 0.077-0.087 (the same within the machine's noise).
 const ZtunnelGCPercent = 50
 
 // ApplyGCPercent sets the collector's target to percent unless the GOGC environment variable
