@@ -194,7 +194,7 @@ func unmarshalAny(a *anypb.Any, b []byte) error {
 			a.Value = bytes.Clone(v) // b is gRPC's buffer, reused after decoding
 		}
 		if err != nil {
-			return fmt.Errorf("Any field %d: %w", num, err)
+			return fmt.Errorf("payload (Any) field %d: %w", num, err)
 		}
 		return nil
 	})

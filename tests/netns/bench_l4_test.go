@@ -74,8 +74,8 @@ func BenchmarkL4(b *testing.B) {
 		p50, p90, p99  float64 // ms, over the requests of every round
 		roundP99       []float64
 		roundRSS       []float64 // MiB
-		cpuPer1k       float64 // per proxy process: ztunnel or stunnel
-		rss1k, peakRSS float64 // MiB: the larger ztunnel's during 1,000 rps, and its VmHWM
+		cpuPer1k       float64   // per proxy process: ztunnel or stunnel
+		rss1k, peakRSS float64   // MiB: the larger ztunnel's during 1,000 rps, and its VmHWM
 	}
 	paths := []struct {
 		name          string
