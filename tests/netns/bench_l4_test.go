@@ -254,32 +254,14 @@ func (m *mesh) iperf(t testing.TB, addr string) float64 {
 }
 
 // fortio runs 1 KB HTTP at 1000 qps for 10 s over 4 connections and returns the latency
-// histogram; every request must succeed. Its buckets are in units of 10 µs (-r): 0.1 ms
-// wide from 0.6 to 1 ms, 0.2 ms to 2 ms. (fortio's default unit of 1 ms puts every
-// latency between 1 and 2 ms in one bucket, and a p99 there is a guess.)
+// histogram; every request must succeed.
 func (m *mesh) fortio(t testing.TB, fortio, addr string) fortioHistogram {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "fortio.json")
-	out, err := m.tp.Command(m.client, fortio, "load", "-qps", "1000", "-t", "10s", "-c", "4", "-payload-size", "1024",
-		"-r", "0.00001", "-json", path, "-quiet", "http://"+addr+"/echo").CombinedOutput()
-	if err != nil {
-		t.Fatalf("fortio to %s: %v\n%s", addr, err, out)
+	r := m.fortioLoad(t, fortio, "http://"+addr+"/echo", 1000, 4, 10*time.Second)
+	if r.count == 0 || r.errors > 0 {
+		t.FailNow() // fortioLoad reported the return codes
 	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var res struct {
-		DurationHistogram fortioHistogram
-		RetCodes          map[string]float64
-	}
-	if err := json.Unmarshal(b, &res); err != nil {
-		t.Fatalf("fortio JSON: %v", err)
-	}
-	if res.DurationHistogram.Count == 0 || res.RetCodes["200"] != res.DurationHistogram.Count {
-		t.Fatalf("fortio to %s: return codes %v for %v requests", addr, res.RetCodes, res.DurationHistogram.Count)
-	}
-	return res.DurationHistogram
+	return r.hist
 }
 
 // cpuSeconds is the user+system CPU the processes pids have used.

@@ -129,7 +129,7 @@ func BenchmarkL7(b *testing.B) {
 		cpu := func() map[string]float64 {
 			out := map[string]float64{}
 			for name, pid := range pids {
-				out[name] = procCPUSeconds(t, pid)
+				out[name] = cpuSeconds(t, pid)
 			}
 			return out
 		}
