@@ -10,10 +10,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ambient-lite/ambient-lite/pkg/reconnect"
-
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+
+	"github.com/ambient-lite/ambient-lite/pkg/reconnect"
 )
 
 // Defaults for ClientOptions.
@@ -274,8 +274,7 @@ func (c *Client) runStream(ctx context.Context) (delivered bool, err error) {
 func (c *Client) apply(resp *deltaResponse) *deltaRequest {
 	typeURL := resp.typeURL
 	ack := &deltaRequest{typeURL: typeURL, responseNonce: resp.nonce}
-	upserts := resp.resources
-	if err := c.opts.Handler(typeURL, upserts, resp.removed); err != nil {
+	if err := c.opts.Handler(typeURL, resp.resources, resp.removed); err != nil {
 		c.log.Warn("xds response rejected", "type", typeURL, "nonce", resp.nonce, "err", err)
 		ack.errorDetail = &rpcStatus{code: int32(codes.InvalidArgument), message: err.Error()}
 		return ack
@@ -286,7 +285,7 @@ func (c *Client) apply(resp *deltaResponse) *deltaRequest {
 	if !ok {
 		return ack
 	}
-	for _, r := range upserts {
+	for _, r := range resp.resources {
 		t.have[r.Name] = r.Version
 	}
 	for _, name := range resp.removed {

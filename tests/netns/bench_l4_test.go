@@ -39,8 +39,10 @@ const fortioRounds, iperfRounds = 3, 2
 
 // BenchmarkL4 measures iperf3 single-stream throughput and fortio 1 KB HTTP latency at
 // 1000 qps for (a) direct pod-to-pod TCP, (b) two ztunnels, (c) an stunnel4 mTLS pair, plus
-// the proxies' CPU per 1000 requests (ztunnel and stunnel), resident set at that load and at peak, and idle memory per
-// open connection. It asserts nothing about speed: it prints a table. One iteration is the whole run: use -benchtime 1x (make bench-l4).
+// the proxies' CPU per 1000 requests (ztunnel and stunnel), ztunnel's resident set at that
+// load and at peak, and its idle memory per open connection. It asserts nothing about
+// speed: it prints a table. One iteration is the whole run: use -benchtime 1x (make
+// bench-l4).
 func BenchmarkL4(b *testing.B) {
 	var t testing.TB = b
 	for _, tool := range []string{"iperf3", "stunnel4"} {
@@ -105,13 +107,11 @@ func BenchmarkL4(b *testing.B) {
 			if p.ztunnels && round == 0 && *benchL4Profile != "" {
 				m.profileZtunnels(t, &profiling)
 			}
-			h := m.fortio(t, fortio, p.fortio)
+			run := m.fortio(t, fortio, p.fortio)
 			profiling.Wait()
-			lat[i].add(h)
-			var one latency
-			one.add(h)
-			rows[i].roundP99 = append(rows[i].roundP99, one.percentileMs(99))
-			requests[i] += h.Count
+			lat[i].add(run.hist)
+			rows[i].roundP99 = append(rows[i].roundP99, run.p99)
+			requests[i] += run.count
 			cpu[i] += cpuSeconds(t, p.procs...) - before
 			if rss != nil {
 				var most float64
@@ -191,6 +191,8 @@ func (m *mesh) profileZtunnels(t testing.TB, wg *sync.WaitGroup) {
 		name, ns string
 		pid      int
 	}{{"ztunnel-a", m.nodeA, m.ztunnelA.Process.Pid}, {"ztunnel-b", m.nodeB, m.ztunnelB.Process.Pid}} {
+		// No keep-alive: an idle admin connection would stay in ztunnel for the later rounds.
+		client := &http.Client{Transport: &http.Transport{DialContext: m.tp.DialContext(z.ns), DisableKeepAlives: true}}
 		// Kernel and user stacks together (where the syscalls' time goes).
 		if perf, err := exec.LookPath("perf"); err == nil {
 			wg.Add(1)
@@ -210,7 +212,6 @@ func (m *mesh) profileZtunnels(t testing.TB, wg *sync.WaitGroup) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				client := &http.Client{Transport: &http.Transport{DialContext: m.tp.DialContext(z.ns)}}
 				resp, err := client.Get("http://127.0.0.1:15000/debug/pprof/" + kind.path)
 				if err != nil {
 					t.Errorf("profiling %s: %v", z.name, err)
@@ -253,15 +254,15 @@ func (m *mesh) iperf(t testing.TB, addr string) float64 {
 	return res.End.SumReceived.BitsPerSecond / 1e9
 }
 
-// fortio runs 1 KB HTTP at 1000 qps for 10 s over 4 connections and returns the latency
-// histogram; every request must succeed.
-func (m *mesh) fortio(t testing.TB, fortio, addr string) fortioHistogram {
+// fortio runs 1 KB HTTP at 1000 qps for 10 s over 4 connections; every request must
+// succeed.
+func (m *mesh) fortio(t testing.TB, fortio, addr string) fortioResult {
 	t.Helper()
 	r := m.fortioLoad(t, fortio, "http://"+addr+"/echo", 1000, 4, 10*time.Second)
 	if r.count == 0 || r.errors > 0 {
 		t.FailNow() // fortioLoad reported the return codes
 	}
-	return r.hist
+	return r
 }
 
 // cpuSeconds is the user+system CPU the processes pids have used.

@@ -27,7 +27,8 @@ func main() {
 	_ = level.UnmarshalText([]byte(cfg.LogLevel))
 	log := newLogger(os.Stderr, level)
 	workers := envconfig.ApplyWorkers(os.Getenv, cfg.WorkerThreads)
-	log.Info("starting", "workerThreads", workers, "gcPercent", envconfig.ApplyGCPercent(os.Getenv, envconfig.ZtunnelGCPercent))
+	gcPercent := envconfig.ApplyGCPercent(os.Getenv, envconfig.ZtunnelGCPercent)
+	log.Info("starting", "workerThreads", workers, "gcPercent", gcPercent)
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	if err := app.Run(ctx, cfg, log); err != nil {
