@@ -37,6 +37,9 @@ const (
 	// smallWrite is the largest DATA payload copied into the write buffer; larger ones are
 	// handed to TLS as they are.
 	smallWrite = 32 << 10
+	// maxCombined bounds the frames senders leave in the write buffer for the goroutine
+	// that flushes them together (see flushCombinedLocked).
+	maxCombined = 64 << 10
 	// maxQueuedControl bounds the control frames waiting for the write side (a peer that
 	// floods PINGs without reading is cut off).
 	maxQueuedControl = 10000
@@ -67,6 +70,9 @@ type conn struct {
 	hbuf   bytes.Buffer
 	werr   error  // sticky write error
 	tables uint32 // the peer's header table size applied to henc
+	// combining: a sender buffered frames and yields before flushing them (and any that
+	// others buffer meanwhile); see flushCombinedLocked.
+	combining bool
 
 	ctlMu      sync.Mutex
 	ctl        []byte
