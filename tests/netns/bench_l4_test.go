@@ -54,6 +54,11 @@ func BenchmarkL4(b *testing.B) {
 	if err != nil {
 		testenv.SkipOrFail(t, "fortio is not on PATH: run make tools (make bench-l4 puts .bin on PATH)")
 	}
+	if *benchL4Profile != "" {
+		if err := os.MkdirAll(*benchL4Profile, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	m := newMesh(t)
 	// The direct and stunnel ports bypass capture.
 	nft(t, m.tp, m.nodeA, fmt.Sprintf(`insert rule ip mesh prerouting iifname "vclient" tcp dport { %d, %d, %d, %d } accept`,
