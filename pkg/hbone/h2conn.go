@@ -52,7 +52,7 @@ const (
 // conn is the HTTP/2 engine of both sides, one per TLS connection: one reader goroutine
 // reads and dispatches every frame; any goroutine that sends (a Stream's Write, a server's
 // response) encodes its frames under the write mutex and writes them itself, one flush per
-// call. Control frames decided by goroutines that must never block on the write mutex
+// call (small DATA frames of senders running at once share one). Control frames decided by goroutines that must never block on the write mutex
 // (the reader, a Read returning flow-control credit, timers) are queued, encoded, and
 // written by whichever goroutine holds or next takes the mutex.
 type conn struct {

@@ -10,9 +10,10 @@ import (
 )
 
 // The write side: frames are encoded into a pooled buffer and written under the write
-// mutex by the goroutine that sends them, one flush per call. Control frames decided by
-// goroutines that must not block on that mutex are queued and written by whoever holds it
-// next.
+// mutex by the goroutine that sends them, one flush per call, except that small DATA frames
+// of senders running at the same time share one flush (flushCombinedLocked). Control frames
+// decided by goroutines that must not block on that mutex are queued and written by
+// whoever holds it next.
 
 // writeBuf gathers frames between flushes in a pooled buffer, released at each flush.
 type writeBuf struct{ b *[]byte }
@@ -184,7 +185,11 @@ func (c *conn) writeData(st *stream, p []byte) error {
 // once, so that the goroutines the poller woke with this one (streams whose sockets turned
 // readable at the same time) buffer their frames, then writes them all in one syscall.
 // Under concurrent load that is one write, one TCP segment and one wakeup of the peer for
-// several requests instead of one each; alone it costs a yield that returns at once.
+// several requests instead of one each; alone it costs a yield that returns at once. The
+// flush waits for the goroutines runnable before it, each until it blocks (in a proxy,
+// a read and a write). Measured on make bench-l7's mesh path (two ztunnels and the
+// waypoint), max rps over 8 keep-alive connections 5.1-6.8k before, 7.4-8.3k after
+// (caddy 6.0-6.2k in the same runs); over 64, 7.8-9.5k before, 11.5-12.3k after.
 // Frames buffered by a sender that returned are written by the flusher, or fail the
 // connection with its write error. Once maxCombined bytes wait, the sender writes them
 // itself (a bulk stream refilling the buffer while the flusher waits to run).
