@@ -17,10 +17,12 @@
 // and hpack only, with ztunnel's flow-control windows (4 MiB per stream, 16 MiB per
 // connection). Each connection has one reader goroutine that demultiplexes frames into
 // per-stream buffers; whoever writes (a Stream's Write, a server stream's copy) encodes
-// its frames and writes them to the TLS connection itself, so a small Write costs one TLS
-// record and one write syscall, and no goroutine hand-off. Each direction of a stream ends
-// on its own, as in ztunnel: a client's half-close (CloseWrite) reaches the upstream as a
-// FIN while the reply still flows back, and an upstream that closes its sending side first
-// ends only the server-to-client direction (END_STREAM), while the client can still send.
+// its frames and writes them to the TLS connection itself, so a small Write costs at most
+// one TLS record and one write syscall, and no goroutine hand-off; small Writes of streams
+// running at the same time share one (a sender yields once before it flushes). Each
+// direction of a stream ends on its own, as in ztunnel: a client's half-close (CloseWrite)
+// reaches the upstream as a FIN while the reply still flows back, and an upstream that
+// closes its sending side first ends only the server-to-client direction (END_STREAM),
+// while the client can still send.
 // An upstream error resets the stream, so the client reads an error, not EOF.
 package hbone
