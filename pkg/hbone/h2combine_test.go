@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
 
@@ -93,7 +94,7 @@ func TestWritesCombine(t *testing.T) {
 		if i == 0 {
 			want = append([]string{"alone"}, want...)
 		}
-		if g := got[st.id]; len(g) != len(want) || g[0] != want[0] || g[len(g)-1] != want[len(want)-1] {
+		if g := got[st.id]; !slices.Equal(g, want) {
 			t.Errorf("stream %d: DATA %q, want %q", st.id, g, want)
 		}
 	}

@@ -52,9 +52,10 @@ const (
 // conn is the HTTP/2 engine of both sides, one per TLS connection: one reader goroutine
 // reads and dispatches every frame; any goroutine that sends (a Stream's Write, a server's
 // response) encodes its frames under the write mutex and writes them itself, one flush per
-// call (small DATA frames of senders running at once share one). Control frames decided by goroutines that must never block on the write mutex
-// (the reader, a Read returning flow-control credit, timers) are queued, encoded, and
-// written by whichever goroutine holds or next takes the mutex.
+// call (small DATA frames of senders running at once share one). Control frames decided by
+// goroutines that must never block on the write mutex (the reader, a Read returning
+// flow-control credit, timers) are queued, encoded, and written by whichever goroutine
+// holds or next takes the mutex.
 type conn struct {
 	nc     net.Conn // TLS; a *batchedTLS outside tests
 	server bool

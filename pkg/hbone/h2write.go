@@ -194,10 +194,10 @@ func (c *conn) writeData(st *stream, p []byte) error {
 // connection with its write error. Once maxCombined bytes wait, the sender writes them
 // itself (a bulk stream refilling the buffer while the flusher waits to run).
 func (c *conn) flushCombinedLocked() error {
-	if c.combining && len(c.wb.bytes()) < maxCombined {
-		return c.werr
-	}
 	if c.combining {
+		if len(c.wb.bytes()) < maxCombined {
+			return c.werr
+		}
 		return c.flushLocked(nil)
 	}
 	c.combining = true
