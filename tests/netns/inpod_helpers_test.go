@@ -12,8 +12,9 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/ambient-lite/ambient-lite/pkg/testenv"
 	"golang.org/x/sys/unix"
+
+	"github.com/ambient-lite/ambient-lite/pkg/testenv"
 )
 
 // redirectToolSource is a tiny command around cni/internal/redirect: the CNI's real

@@ -13,10 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"istio.io/istio/pkg/zdsapi"
+
 	"github.com/ambient-lite/ambient-lite/pkg/testenv"
 	"github.com/ambient-lite/ambient-lite/pkg/zds"
 	"github.com/ambient-lite/ambient-lite/tests/testca"
-	"istio.io/istio/pkg/zdsapi"
 )
 
 // inpodMesh is two nodes running ztunnel in in-pod mode, each with a stand-in CNI node
