@@ -114,16 +114,17 @@ func (m *mesh) stunnelPair(t testing.TB, c pairCerts, ports pairPorts) []int {
 }
 
 // haproxyPair runs HAProxy in TCP mode on both nodes, one thread each (as the ztunnels run
-// one P): an epoll event loop in C with OpenSSL, node A originating mTLS (TLS 1.3) to node
-// B, which verifies the client. It returns their process IDs.
-func (m *mesh) haproxyPair(t testing.TB, c pairCerts, ports pairPorts) []int {
+// one P): an epoll event loop in C. With mTLS, node A originates TLS 1.3 (OpenSSL) to node
+// B, which verifies the client; without, the pair relays plain TCP: the least two
+// userspace hops cost on this machine. It returns their process IDs.
+func (m *mesh) haproxyPair(t testing.TB, c pairCerts, ports pairPorts, mTLS bool) []int {
 	t.Helper()
 	conf := func(name string, lines []string) string {
 		b := strings.Join(append([]string{
 			"global", "  nbthread 1", "  ssl-default-server-options ssl-min-ver TLSv1.3", "  ssl-default-bind-options ssl-min-ver TLSv1.3",
 			"defaults", "  mode tcp", "  timeout connect 5s", "  timeout client 5m", "  timeout server 5m",
 		}, lines...), "\n") + "\n"
-		p := filepath.Join(c.dir, "haproxy-"+name+".cfg")
+		p := filepath.Join(c.dir, fmt.Sprintf("haproxy-%s-%d.cfg", name, ports.fortio))
 		if err := os.WriteFile(p, []byte(b), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -131,10 +132,13 @@ func (m *mesh) haproxyPair(t testing.TB, c pairCerts, ports pairPorts) []int {
 	}
 	var onA, onB []string
 	for i, r := range ports.routes() {
-		onA = append(onA, fmt.Sprintf("listen p%d", i), "  bind "+r[0],
-			fmt.Sprintf("  server b %s ssl crt %s ca-file %s verify required", r[1], c.bundleA, c.ca))
-		onB = append(onB, fmt.Sprintf("listen p%d", i), fmt.Sprintf("  bind %s ssl crt %s ca-file %s verify required", r[1], c.bundleB, c.ca),
-			"  server s "+r[2])
+		server, bind := "  server b "+r[1], "  bind "+r[1]
+		if mTLS {
+			server += fmt.Sprintf(" ssl crt %s ca-file %s verify required", c.bundleA, c.ca)
+			bind += fmt.Sprintf(" ssl crt %s ca-file %s verify required", c.bundleB, c.ca)
+		}
+		onA = append(onA, fmt.Sprintf("listen p%d", i), "  bind "+r[0], server)
+		onB = append(onB, fmt.Sprintf("listen p%d", i), bind, "  server s "+r[2])
 	}
 	b, _ := startIn(t, m.tp, m.nodeB, "haproxy", nil, "haproxy", "-db", "-f", conf("b", onB))
 	a, _ := startIn(t, m.tp, m.nodeA, "haproxy", nil, "haproxy", "-db", "-f", conf("a", onA))

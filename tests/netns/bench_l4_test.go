@@ -26,18 +26,23 @@ const (
 	iperfMesh, iperfDirect, fortioMesh, fortioDirect = 5201, 5301, 8080, 8081
 )
 
-var stunnelPorts, haproxyPorts = pairPorts{iperf: 5401, fortio: 8481}, pairPorts{iperf: 5501, fortio: 8581}
+var (
+	stunnelPorts      = pairPorts{iperf: 5401, fortio: 8481}
+	haproxyPorts      = pairPorts{iperf: 5501, fortio: 8581}
+	haproxyPlainPorts = pairPorts{iperf: 5601, fortio: 8681}
+)
 
 // Interleaved rounds per path of the 10 s fortio and iperf3 runs.
 const fortioRounds, iperfRounds = 3, 2
 
 // BenchmarkL4 measures iperf3 single-stream throughput and fortio 1 KB HTTP latency at
-// 1000 qps for (a) direct pod-to-pod TCP, (b) two ztunnels, (c) an stunnel4 mTLS pair and
+// 1000 qps for (a) direct pod-to-pod TCP, (b) two ztunnels, (c) an stunnel4 mTLS pair,
 // (d) an HAProxy mTLS pair (an epoll event loop in C: what two well-made userspace mTLS
-// hops cost on this machine), plus the proxies' CPU per 1000 requests, ztunnel's resident set at that
-// load and at peak, and its idle memory per open connection. It asserts nothing about
-// speed: it prints a table. One iteration is the whole run: use -benchtime 1x (make
-// bench-l4).
+// hops cost on this machine) and (e) an HAProxy pair relaying plain TCP (the least two
+// userspace hops cost here), plus the proxies' CPU per 1000 requests, ztunnel's resident
+// set at that load and at peak, and its idle memory per open connection. It asserts
+// nothing about speed: it prints a table. One iteration is the whole run: use
+// -benchtime 1x (make bench-l4).
 func BenchmarkL4(b *testing.B) {
 	var t testing.TB = b
 	for _, tool := range []string{"iperf3", "stunnel4", "haproxy"} {
@@ -55,9 +60,9 @@ func BenchmarkL4(b *testing.B) {
 		}
 	}
 	m := newMesh(t)
-	// The direct and stunnel ports bypass capture.
+	// The direct path's and the proxy pairs' ports bypass capture.
 	bypassA, bypassB := []int{iperfDirect, fortioDirect}, []int{iperfDirect, fortioDirect}
-	for _, p := range []pairPorts{stunnelPorts, haproxyPorts} {
+	for _, p := range []pairPorts{stunnelPorts, haproxyPorts, haproxyPlainPorts} {
 		bypassA = append(bypassA, p.iperf, p.fortio)
 		bypassB = append(bypassB, p.iperf+1, p.fortio+1)
 	}
@@ -71,7 +76,8 @@ func BenchmarkL4(b *testing.B) {
 		m.background(t, m.server, fortio, "server", "-http-port", "10.10.2.2:"+strconv.Itoa(port), "-grpc-port", "disabled", "-redirect-port", "disabled")
 	}
 	certs := newPairCerts(t)
-	stunnels, haproxies := m.stunnelPair(t, certs, stunnelPorts), m.haproxyPair(t, certs, haproxyPorts)
+	stunnels := m.stunnelPair(t, certs, stunnelPorts)
+	haproxies, plain := m.haproxyPair(t, certs, haproxyPorts, true), m.haproxyPair(t, certs, haproxyPlainPorts, false)
 	time.Sleep(500 * time.Millisecond) // servers listening
 
 	type row struct {
@@ -94,6 +100,7 @@ func BenchmarkL4(b *testing.B) {
 			[]int{m.ztunnelA.Process.Pid, m.ztunnelB.Process.Pid}, true},
 		{"(c) stunnel4 mTLS pair", fmt.Sprintf("10.10.1.1:%d", stunnelPorts.iperf), fmt.Sprintf("10.10.1.1:%d", stunnelPorts.fortio), stunnels, false},
 		{"(d) HAProxy mTLS pair", fmt.Sprintf("10.10.1.1:%d", haproxyPorts.iperf), fmt.Sprintf("10.10.1.1:%d", haproxyPorts.fortio), haproxies, false},
+		{"(e) HAProxy TCP pair", fmt.Sprintf("10.10.1.1:%d", haproxyPlainPorts.iperf), fmt.Sprintf("10.10.1.1:%d", haproxyPlainPorts.fortio), plain, false},
 	}
 	rows := make([]row, len(paths))
 	lat := make([]latency, len(paths))
@@ -157,7 +164,7 @@ func BenchmarkL4(b *testing.B) {
 		switch i {
 		case 1:
 			ratio = fmt.Sprintf("thr %.2fx direct, %.2fx stunnel; p99 %+.3f ms vs direct", r.gbps/direct.gbps, r.gbps/stunnel.gbps, r.p99-direct.p99)
-		case 2, 3:
+		case 2, 3, 4:
 			ratio = fmt.Sprintf("thr %.2fx direct; p99 %+.3f ms vs direct", r.gbps/direct.gbps, r.p99-direct.p99)
 		}
 		cpu, rss, peak := "-", "-", "-"
@@ -184,7 +191,9 @@ func BenchmarkL4(b *testing.B) {
 	}
 	fmt.Printf("idle memory per open connection (%d held open through both): ztunnel A (client side) %.1f KiB, ztunnel B (server side) %.1f KiB\n", idle, idleA, idleB)
 	mesh := rows[1]
-	fmt.Printf("the pairs' added p99: stunnel4 %+.3f ms, HAProxy %+.3f ms (two userspace mTLS hops on this machine)\n", stunnel.p99-direct.p99, rows[3].p99-direct.p99)
+	fmt.Printf("the pairs over direct: p50 stunnel4 %+.3f, HAProxy mTLS %+.3f, HAProxy TCP %+.3f ms (ztunnels %+.3f); p99 %+.3f, %+.3f, %+.3f ms (ztunnels %+.3f)\n",
+		stunnel.p50-direct.p50, rows[3].p50-direct.p50, rows[4].p50-direct.p50, rows[1].p50-direct.p50,
+		stunnel.p99-direct.p99, rows[3].p99-direct.p99, rows[4].p99-direct.p99, rows[1].p99-direct.p99)
 	fmt.Printf("issue 13 targets: throughput ≥ 0.4x direct (%.2fx) and ≥ 1.5x stunnel (%.2fx); added p99 at 1,000 rps ≤ 0.3 ms (%+.3f); ≤ 0.06 vCPU per 1000 rps per ztunnel (%.4f); RSS ≤ 20 MB at that load (%.1f MiB = %.1f MB, the larger ztunnel's largest VmRSS during the fortio run)\n\n",
 		mesh.gbps/direct.gbps, mesh.gbps/stunnel.gbps, mesh.p99-direct.p99, mesh.cpuPer1k, mesh.rss1k, mesh.rss1k*1.048576)
 }
