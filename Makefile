@@ -66,7 +66,7 @@ test: setup
 bench: setup
 	$(GO) test -run '^$$' -bench . -benchtime 1x $(PKGS)
 
-## bench-l4: iperf3 and fortio through (a) direct TCP, (b) two ztunnels, (c) an stunnel pair, (d) an HAProxy mTLS pair, (e) an HAProxy plain TCP pair; prints a table (root)
+## bench-l4: iperf3 and fortio through (a) direct TCP, (b) two ztunnels, (c) an stunnel pair, (d) an HAProxy mTLS pair, (e) an HAProxy plain TCP pair (splice); prints a table (root)
 bench-l4: setup
 	$(GO) test -count=1 -timeout 20m -run '^$$' -bench '^BenchmarkL4$$' -benchtime 1x ./tests/netns/
 

@@ -115,8 +115,9 @@ func (m *mesh) stunnelPair(t testing.TB, c pairCerts, ports pairPorts) []int {
 
 // haproxyPair runs HAProxy in TCP mode on both nodes, one thread each (as the ztunnels run
 // one P): an epoll event loop in C. With mTLS, node A originates TLS 1.3 (OpenSSL) to node
-// B, which verifies the client; without, the pair relays plain TCP: the least two
-// userspace hops cost on this machine. It returns their process IDs.
+// B, which verifies the client; without, the pair relays plain TCP through kernel pipes
+// (splice, no copy to userspace): the least two relaying hops cost on this machine. It
+// returns their process IDs.
 func (m *mesh) haproxyPair(t testing.TB, c pairCerts, ports pairPorts, mTLS bool) []int {
 	t.Helper()
 	conf := func(name string, lines []string) string {
@@ -133,12 +134,15 @@ func (m *mesh) haproxyPair(t testing.TB, c pairCerts, ports pairPorts, mTLS bool
 	var onA, onB []string
 	for i, r := range ports.routes() {
 		server, bind := "  server b "+r[1], "  bind "+r[1]
+		// Plain TCP moves through kernel pipes (splice), never copied to userspace.
+		options := []string{"  option splice-auto"}
 		if mTLS {
 			server += fmt.Sprintf(" ssl crt %s ca-file %s verify required", c.bundleA, c.ca)
 			bind += fmt.Sprintf(" ssl crt %s ca-file %s verify required", c.bundleB, c.ca)
+			options = nil
 		}
-		onA = append(onA, fmt.Sprintf("listen p%d", i), "  bind "+r[0], server)
-		onB = append(onB, fmt.Sprintf("listen p%d", i), bind, "  server s "+r[2])
+		onA = append(append(onA, fmt.Sprintf("listen p%d", i), "  bind "+r[0], server), options...)
+		onB = append(append(onB, fmt.Sprintf("listen p%d", i), bind, "  server s "+r[2]), options...)
 	}
 	b, _ := startIn(t, m.tp, m.nodeB, "haproxy", nil, "haproxy", "-db", "-f", conf("b", onB))
 	a, _ := startIn(t, m.tp, m.nodeA, "haproxy", nil, "haproxy", "-db", "-f", conf("a", onA))

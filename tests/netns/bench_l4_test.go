@@ -38,11 +38,11 @@ const fortioRounds, iperfRounds = 3, 2
 // BenchmarkL4 measures iperf3 single-stream throughput and fortio 1 KB HTTP latency at
 // 1000 qps for (a) direct pod-to-pod TCP, (b) two ztunnels, (c) an stunnel4 mTLS pair,
 // (d) an HAProxy mTLS pair (an epoll event loop in C: what two well-made userspace mTLS
-// hops cost on this machine) and (e) an HAProxy pair relaying plain TCP (the least two
-// userspace hops cost here), plus the proxies' CPU per 1000 requests, ztunnel's resident
-// set at that load and at peak, and its idle memory per open connection. It asserts
-// nothing about speed: it prints a table. One iteration is the whole run: use
-// -benchtime 1x (make bench-l4).
+// hops cost on this machine) and (e) an HAProxy pair relaying plain TCP through kernel
+// pipes (splice: the least two relaying hops cost here), plus the proxies' CPU per 1000
+// requests, ztunnel's resident set at that load and at peak, and its idle memory per open
+// connection. It asserts nothing about speed: it prints a table. One iteration is the
+// whole run: use -benchtime 1x (make bench-l4).
 func BenchmarkL4(b *testing.B) {
 	var t testing.TB = b
 	for _, tool := range []string{"iperf3", "stunnel4", "haproxy"} {
