@@ -160,10 +160,10 @@ var readAheadPool = sync.Pool{New: func() any { b := make([]byte, readAheadSize)
 // memory: a bulk stream costs one read syscall per 128 KiB instead of one per record. In
 // make bench-l4's iperf3 run (~5 Gb/s, perf stat over 5 s, one run each) the receiving
 // ztunnel made 11,600 reads a second instead of 25,000, and used 0.59 CPU instead of 0.68,
-// for one more copy of what it receives. Its buffer is
-// pooled and held only while unread bytes wait in it, so an idle connection, or one of
-// small messages that each read takes whole, holds none. A read error waits until the
-// bytes read before it are served. Reads are serialized by the tls.Conn.
+// for one more copy of what it receives. Its buffer is pooled and held only while unread
+// bytes wait in it, so an idle connection, or one of small messages that each read takes
+// whole, holds none. A read error waits until the bytes read before it are served. Reads
+// are serialized by the tls.Conn.
 type readAhead struct {
 	net.Conn
 	buf  *[]byte

@@ -126,5 +126,4 @@ func TestReadAheadServesRecordsFromOneRead(t *testing.T) {
 	if ra.buf != nil {
 		t.Error("the drained buffer was not released")
 	}
-
 }

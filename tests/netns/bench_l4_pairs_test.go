@@ -80,10 +80,13 @@ type pairPorts struct{ iperf, fortio int }
 func (p pairPorts) routes() [][3]string {
 	var r [][3]string
 	for _, x := range [][2]int{{p.iperf, iperfMesh}, {p.fortio, fortioMesh}} {
-		r = append(r, [3]string{fmt.Sprintf("10.10.1.1:%d", x[0]), fmt.Sprintf("10.0.0.2:%d", x[0]+1), fmt.Sprintf("10.10.2.2:%d", x[1])})
+		r = append(r, [3]string{pairAddr(x[0]), fmt.Sprintf("10.0.0.2:%d", x[0]+1), fmt.Sprintf("10.10.2.2:%d", x[1])})
 	}
 	return r
 }
+
+// pairAddr is where the client pod reaches a pair's port: node A.
+func pairAddr(port int) string { return fmt.Sprintf("10.10.1.1:%d", port) }
 
 // stunnelPair runs stunnel4 on both nodes: node A accepts plaintext from the client pod and
 // originates mTLS to node B, which verifies the client and connects to the server pod. It
